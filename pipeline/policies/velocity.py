@@ -1,0 +1,237 @@
+"""Velocity networks for flow policies (DESIGN.md §1.1).
+
+Every net has the same two-call interface used by :class:`pipeline.policies.flow.FlowPolicy`:
+
+- ``encode(obs [B,S]) -> context``: whatever depends on the state only. It is computed once per
+  rollout and reused at every Euler step (for Flow-T this is the state encoder and the
+  cross-attention output; for the MLP nets it is the observation itself).
+- ``forward(context, a [B,A], t [B,1]) -> (v [B,A], log_sigma [B,A] | None)``: the velocity at
+  ``(t, a, s)`` and, when the net was built with ``learned_noise=True``, the per-(state, action,
+  step) log noise scale, squashed into ``[LOG_SIGMA_MIN, LOG_SIGMA_MAX]`` with ``tanh``.
+
+The nets contain no data-dependent Python control flow, so a rollout built on them traces under
+``torch.compile(fullgraph=True)`` and runs on whatever device the parameters live on.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# Range of the learned log noise scale; the public from-scratch code uses the same bounds.
+LOG_SIGMA_MIN = -5.0
+LOG_SIGMA_MAX = 2.0
+
+
+def squash_log_sigma(raw: Tensor) -> Tensor:
+    """Map an unbounded head output ``raw [B,A]`` smoothly into ``[LOG_SIGMA_MIN, LOG_SIGMA_MAX]``.
+
+    A ``tanh`` squash rather than a hard clamp keeps a gradient everywhere, so the entropy term
+    of SAC can always move σ.
+    """
+    return LOG_SIGMA_MIN + 0.5 * (LOG_SIGMA_MAX - LOG_SIGMA_MIN) * (torch.tanh(raw) + 1.0)
+
+
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: type[nn.Module]) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` with ``activation``, then a linear output layer.
+
+    Maps ``[..., in_dim] -> [..., out_dim]``.
+    """
+    modules: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden), activation()]
+        width = hidden
+    modules.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*modules)
+
+
+class FlowMLPVelocity(nn.Module):
+    """Flow-MLP: ``v = MLP([s, a_i, t_i])`` — the unstable baseline of the paper.
+
+    A shared ReLU trunk feeds a velocity head and, with ``learned_noise``, a ``log σ`` head.
+    """
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
+        self.trunk = mlp(obs_dim + act_dim + 1, hidden, layers - 1, hidden, nn.ReLU)
+        self.v_head = nn.Linear(hidden, act_dim)
+        self.log_sigma_head = nn.Linear(hidden, act_dim) if learned_noise else None
+
+    def encode(self, obs: Tensor) -> Tensor:
+        """The context is the raw observation ``[B,S]``."""
+        return obs
+
+    def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
+        h = torch.relu(self.trunk(torch.cat([context, a, t], dim=-1)))
+        v = self.v_head(h)
+        if self.log_sigma_head is None:
+            return v, None
+        return v, squash_log_sigma(self.log_sigma_head(h))
+
+
+class FlowGVelocity(nn.Module):
+    """Flow-G, the gated (GRU-like) velocity: ``v = σ(G(x)) ⊙ (H(x) − a)`` with ``x = [s, a, t]``.
+
+    The Euler step becomes ``a + Δt·z ⊙ (h̃ − a)``, a convex blend of ``a`` and the candidate ``h̃``
+    whenever ``Δt·z ≤ 1``, which keeps the Jacobian ``∂a_{i+1}/∂a_i`` bounded. G's last layer starts
+    with zero weights and bias 5 (as in the public code), so the gate is ≈ 0.993 for every input at
+    initialisation and the flow starts as a plain ``v = h̃ − a`` relaxation.
+    With ``learned_noise`` a third SiLU MLP of the same input gives ``log σ``.
+    """
+
+    GATE_INIT_BIAS = 5.0
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
+        in_dim = obs_dim + act_dim + 1
+        self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
+        self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
+        self.log_sigma_net = mlp(in_dim, hidden, layers, act_dim, nn.SiLU) if learned_noise else None
+        last = self.gate[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.constant_(last.bias, self.GATE_INIT_BIAS)
+
+    def encode(self, obs: Tensor) -> Tensor:
+        """The context is the raw observation ``[B,S]``."""
+        return obs
+
+    def gate_value(self, context: Tensor, a: Tensor, t: Tensor) -> Tensor:
+        """The gate ``z = σ(G([s, a, t])) [B,A]`` (exposed for diagnostics and tests)."""
+        return torch.sigmoid(self.gate(torch.cat([context, a, t], dim=-1)))
+
+    def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
+        x = torch.cat([context, a, t], dim=-1)
+        v = torch.sigmoid(self.gate(x)) * (self.candidate(x) - a)
+        if self.log_sigma_net is None:
+            return v, None
+        return v, squash_log_sigma(self.log_sigma_net(x))
+
+
+class SingleTokenAttention(nn.Module):
+    """Multi-head attention specialised to one query token and one key/value token.
+
+    With a single key, the softmax over keys is identically 1 for every head, whatever the query
+    and key projections are, so ``MultiheadAttention(q, kv, kv) == out_proj(value_proj(kv))``
+    exactly. We therefore keep only the value and output projections: query/key projections would
+    be parameters that can never receive a gradient. ``n_heads`` does not change the result (the
+    per-head split and concatenation of the values is the identity); it is kept so that the layer
+    is a drop-in reading of the public architecture. The equality with
+    ``torch.nn.MultiheadAttention`` on the same weights is tested.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model, self.n_heads = d_model, n_heads
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, kv: Tensor) -> Tensor:
+        """``kv [..., d_model] -> [..., d_model]``: attention output for the single query."""
+        return self.out_proj(self.value_proj(kv))
+
+
+class DecoderLayer(nn.Module):
+    """One Transformer decoder layer over a single action token.
+
+    Self-attention, cross-attention to the state context, GELU feed-forward (width ``4·d_model``),
+    each with a residual connection and a LayerNorm placed after (``post``, the public code) or
+    before (``pre``) the sub-layer.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, norm: str) -> None:
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
+        self.pre_norm = norm == "pre"
+        self.self_attn = SingleTokenAttention(d_model, n_heads)
+        self.cross_attn = SingleTokenAttention(d_model, n_heads)
+        self.ff = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+        self.norm_self = nn.LayerNorm(d_model)
+        # Pre-norm would normalise only the query of cross-attention, which the single-key
+        # attention ignores, so that LayerNorm exists only in the post-norm layout.
+        self.norm_cross = None if self.pre_norm else nn.LayerNorm(d_model)
+        self.norm_ff = nn.LayerNorm(d_model)
+
+    def cross(self, context: Tensor) -> Tensor:
+        """Cross-attention output ``[B,d]`` for the state token ``context [B,d]``.
+
+        It depends on the state only (the single-key softmax ignores the query), so a rollout
+        computes it once and reuses it at every step.
+        """
+        return self.cross_attn(context)
+
+    def forward(self, x: Tensor, cross_out: Tensor) -> Tensor:
+        """``x [B,d]`` (the action token), ``cross_out [B,d]`` (from :meth:`cross`) -> ``[B,d]``."""
+        if self.pre_norm:
+            x = x + self.self_attn(self.norm_self(x))
+            x = x + cross_out
+            return x + self.ff(self.norm_ff(x))
+        assert self.norm_cross is not None
+        x = self.norm_self(x + self.self_attn(x))
+        x = self.norm_cross(x + cross_out)
+        return self.norm_ff(x + self.ff(x))
+
+
+class FlowTVelocity(nn.Module):
+    """Flow-T, the decoded velocity (Transformer-decoder-like).
+
+    Per step the token is ``x = E_a(a_i) + E_t(t_i)`` (linear action embedding plus an MLP time
+    embedding); the state is one context token ``c = E_s(s)`` from an MLP encoder, as in the public
+    code (``obs_emb`` expanded to a length-1 sequence). ``n_layers`` decoder layers, then linear
+    heads give ``v`` and, with ``learned_noise``, ``log σ``. The token sees only its own action and
+    the state, so the rollout stays Markov. With ``norm="pre"`` a final LayerNorm precedes the
+    heads (the usual pre-norm arrangement).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        norm: str = "post",
+        learned_noise: bool = False,
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
+        self.d_model = d_model
+        half, quarter = max(d_model // 2, 1), max(d_model // 4, 1)
+        self.state_encoder = nn.Sequential(nn.Linear(obs_dim, half), nn.SiLU(), nn.Linear(half, d_model))
+        self.action_embed = nn.Linear(act_dim, d_model)
+        self.time_embed = nn.Sequential(
+            nn.Linear(1, quarter), nn.SiLU(), nn.Linear(quarter, half), nn.SiLU(), nn.Linear(half, d_model)
+        )
+        self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, norm) for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.v_head = nn.Linear(d_model, act_dim)
+        self.log_sigma_head = nn.Linear(d_model, act_dim) if learned_noise else None
+
+    def encode(self, obs: Tensor) -> Tensor:
+        """State context for a rollout: per-layer cross-attention outputs ``[n_layers, B, d_model]``."""
+        c = self.state_encoder(obs)
+        return torch.stack([layer.cross(c) for layer in self.layers])
+
+    def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``context [L,B,d] (from encode), a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
+        x = self.action_embed(a) + self.time_embed(t)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, context[i])
+        x = self.final_norm(x)
+        v = self.v_head(x)
+        if self.log_sigma_head is None:
+            return v, None
+        return v, squash_log_sigma(self.log_sigma_head(x))
+
