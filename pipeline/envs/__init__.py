@@ -1,0 +1,25 @@
+"""Environments: Gymnasium MuJoCo tasks and robosuite manipulation tasks behind one ``make_env``.
+
+See :func:`make_env` for ids and options, :class:`RobosuiteEnv` for the manipulation wrapper and
+:mod:`pipeline.envs.scripted` for scripted demonstrators.
+"""
+
+from pipeline.envs.factory import ObsSpec, get_obs_spec, make_env
+from pipeline.envs.robosuite_env import (
+    DEFAULT_HORIZONS,
+    DEFAULT_OBS_KEYS,
+    ROBOSUITE_ENV_TYPE,
+    RobosuiteEnv,
+    parse_env_args,
+)
+
+__all__ = [
+    "DEFAULT_HORIZONS",
+    "DEFAULT_OBS_KEYS",
+    "ROBOSUITE_ENV_TYPE",
+    "ObsSpec",
+    "RobosuiteEnv",
+    "get_obs_spec",
+    "make_env",
+    "parse_env_args",
+]

@@ -1,0 +1,140 @@
+"""``make_env``: one entry point for Gymnasium ids and ``robosuite/<Task>`` ids.
+
+Every env it returns has a float32 ``Box`` observation space and a ``Box`` action space of [-1, 1]; robosuite
+envs also report ``info["success"]``. Gymnasium envs whose action bounds differ (e.g. Pendulum's [-2, 2]) are
+rescaled so the agent always acts in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from pipeline.envs.robosuite_env import DEFAULT_HORIZONS, ROBOSUITE_OPTIONS, RobosuiteEnv, robosuite_task_names
+
+ROBOSUITE_PREFIX = "robosuite/"
+_ENTRY_POINT = "pipeline.envs.robosuite_env:RobosuiteEnv"
+
+
+def _register_robosuite(task: str) -> str:
+    """Register ``robosuite/<task>`` with Gymnasium (once) and return the id."""
+    env_id = ROBOSUITE_PREFIX + task
+    if env_id not in gym.registry:
+        # No TimeLimit wrapper: the env counts its own horizon so truncation and success stay in one place.
+        gym.register(
+            id=env_id,
+            entry_point=_ENTRY_POINT,
+            kwargs={"task": task},
+            max_episode_steps=None,
+            disable_env_checker=True,
+        )
+    return env_id
+
+
+for _task in DEFAULT_HORIZONS:
+    _register_robosuite(_task)
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    """Layout of a flat observation: ``keys[i]`` occupies ``dims[i]`` consecutive entries, in order."""
+
+    keys: tuple[str, ...]
+    dims: tuple[int, ...]
+
+    @property
+    def dim(self) -> int:
+        """Total flat observation size."""
+        return int(sum(self.dims))
+
+    def slices(self) -> dict[str, slice]:
+        """Slice of the flat observation belonging to each key."""
+        out, start = {}, 0
+        for k, d in zip(self.keys, self.dims):
+            out[k] = slice(start, start + d)
+            start += d
+        return out
+
+
+def get_obs_spec(env: gym.Env) -> ObsSpec:
+    """Observation layout of an env made by :func:`make_env`.
+
+    robosuite envs report their ordered low-dim keys; a Gymnasium env has one key, ``"observation"``.
+    """
+    inner = env.unwrapped
+    if isinstance(inner, RobosuiteEnv):
+        return ObsSpec(inner.obs_keys, inner.obs_dims)
+    shape = env.observation_space.shape
+    if shape is None:
+        raise ValueError(f"env {env}: observation space {env.observation_space} has no shape")
+    return ObsSpec(("observation",), (int(np.prod(shape)),))
+
+
+def _check_box(space: gym.Space, what: str, env_id: str) -> gym.spaces.Box:
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"env {env_id!r}: {what} space must be a continuous Box, got {space}")
+    return space
+
+
+def _make_gymnasium(env_id: str, options: dict[str, Any]) -> gym.Env:
+    try:
+        env = gym.make(env_id, **options)
+    except gym.error.Error as e:
+        raise ValueError(f"unknown environment id {env_id!r}: {e}") from e
+    except TypeError as e:
+        raise ValueError(f"env {env_id!r}: bad option among {sorted(options)}: {e}") from e
+    obs_space = _check_box(env.observation_space, "observation", env_id)
+    act_space = _check_box(env.action_space, "action", env_id)
+    low, high = act_space.low, act_space.high
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise ValueError(f"env {env_id!r}: action bounds must be finite to rescale to [-1, 1], got {act_space}")
+    if not (np.all(low == -1.0) and np.all(high == 1.0)):
+        env = gym.wrappers.RescaleAction(env, min_action=-1.0, max_action=1.0)
+    if obs_space.dtype != np.float32:
+        env = gym.wrappers.DtypeObservation(env, np.float32)
+    if env.action_space.dtype != np.float32:
+        space = env.action_space
+        env = gym.wrappers.TransformAction(
+            env, lambda a: a, gym.spaces.Box(-1.0, 1.0, shape=space.shape, dtype=np.float32)
+        )
+    return env
+
+
+def make_env(env_id: str, seed: int | None = None, **options: Any) -> gym.Env:
+    """Build an environment by id.
+
+    Args:
+        env_id: a Gymnasium id (``"Hopper-v5"``, ``"Pendulum-v1"``) or ``"robosuite/<Task>"``
+            (``robosuite/Lift``, ``robosuite/PickPlaceCan``, ``robosuite/NutAssemblySquare``, any robosuite task).
+        seed: if given, the env is reset once with it and its spaces are seeded, so every later ``reset()``
+            without a seed continues one reproducible stream.
+        options: Gymnasium ids: keyword arguments of the env. robosuite ids: ``obs_keys``, ``horizon``,
+            ``env_args``, ``terminate_on_success``, ``reward_shaping`` (see :class:`RobosuiteEnv`).
+
+    Returns:
+        The env: observations ``float32[obs_dim]``, actions ``float32[act_dim]`` in [-1, 1]. robosuite envs are
+        :class:`RobosuiteEnv` instances (with ``spec`` set) exposing ``obs_keys``, ``env_args``, ``error_count``.
+
+    Raises:
+        ValueError: unknown id, unknown or invalid option (named in the message).
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id: expected a non-empty string, got {env_id!r}")
+    if env_id.startswith(ROBOSUITE_PREFIX):
+        task = env_id[len(ROBOSUITE_PREFIX) :]
+        if task not in robosuite_task_names():
+            raise ValueError(f"unknown environment id {env_id!r}: robosuite tasks are {robosuite_task_names()}")
+        unknown = sorted(set(options) - ROBOSUITE_OPTIONS)
+        if unknown:
+            raise ValueError(f"env {env_id!r}: unknown option(s) {unknown}; allowed: {sorted(ROBOSUITE_OPTIONS)}")
+        env = gym.make(_register_robosuite(task), **options).unwrapped
+    else:
+        env = _make_gymnasium(env_id, options)
+    if seed is not None:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        env.observation_space.seed(seed)
+    return env
