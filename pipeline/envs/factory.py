@@ -73,6 +73,20 @@ def get_obs_spec(env: gym.Env) -> ObsSpec:
     return ObsSpec(("observation",), (int(np.prod(shape)),))
 
 
+class Float32Observation(gym.ObservationWrapper):
+    """Cast a Box observation (and its bounds) to float32."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        self.observation_space = gym.spaces.Box(
+            space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32
+        )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation, dtype=np.float32)
+
+
 def _check_box(space: gym.Space, what: str, env_id: str) -> gym.spaces.Box:
     if not isinstance(space, gym.spaces.Box):
         raise ValueError(f"env {env_id!r}: {what} space must be a continuous Box, got {space}")
@@ -94,7 +108,7 @@ def _make_gymnasium(env_id: str, options: dict[str, Any]) -> gym.Env:
     if not (np.all(low == -1.0) and np.all(high == 1.0)):
         env = gym.wrappers.RescaleAction(env, min_action=-1.0, max_action=1.0)
     if obs_space.dtype != np.float32:
-        env = gym.wrappers.DtypeObservation(env, np.float32)
+        env = Float32Observation(env)
     if env.action_space.dtype != np.float32:
         space = env.action_space
         env = gym.wrappers.TransformAction(
@@ -130,7 +144,7 @@ def make_env(env_id: str, seed: int | None = None, **options: Any) -> gym.Env:
         unknown = sorted(set(options) - ROBOSUITE_OPTIONS)
         if unknown:
             raise ValueError(f"env {env_id!r}: unknown option(s) {unknown}; allowed: {sorted(ROBOSUITE_OPTIONS)}")
-        env = gym.make(_register_robosuite(task), **options).unwrapped
+        env = gym.make(_register_robosuite(task), seed=seed, **options).unwrapped
     else:
         env = _make_gymnasium(env_id, options)
     if seed is not None:

@@ -29,8 +29,9 @@ import numpy as np
 # robomimic's type code for robosuite environments (robomimic.envs.env_base.EnvType.ROBOSUITE_TYPE).
 ROBOSUITE_ENV_TYPE = 1
 
-# robomimic's default low-dim observation keys, in the order of its base config.
-DEFAULT_OBS_KEYS: tuple[str, ...] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+# robomimic's default low-dim observation keys, in the order robomimic concatenates them (it sorts the configured
+# keys when building its observation shapes); pipeline.data's robomimic reader uses the same default.
+DEFAULT_OBS_KEYS: tuple[str, ...] = ("object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 
 # Episode step limits used by the public SAC Flow / robomimic O2O code for these tasks (20 Hz control).
 DEFAULT_HORIZONS: dict[str, int] = {"Lift": 300, "PickPlaceCan": 300, "NutAssemblySquare": 400}
@@ -122,6 +123,8 @@ class RobosuiteEnv(gym.Env):
         terminate_on_success: end the episode (``terminated=True``) on the first successful step.
         reward_shaping: robosuite's dense shaped reward instead of the sparse 0/1 success reward
             (default: ``env_args``' value, else False).
+        seed: seeds the env's generator, which robosuite also draws from while building the model (Lift's cube
+            size is random per instance), so two envs made with one seed are identical.
 
     Observation: ``float32[obs_dim]``, the concatenation of ``obs_keys``. Action: ``float32[act_dim]`` in [-1, 1]
     (7 for a Panda with OSC_POSE: 3 position deltas, 3 rotation deltas, gripper, -1 open / +1 closed).
@@ -141,6 +144,7 @@ class RobosuiteEnv(gym.Env):
         env_args: Mapping[str, Any] | str | None = None,
         terminate_on_success: bool = True,
         reward_shaping: bool | None = None,
+        seed: int | None = None,
     ) -> None:
         import robosuite
 
@@ -170,8 +174,10 @@ class RobosuiteEnv(gym.Env):
         if not isinstance(terminate_on_success, (bool, np.bool_)):
             raise ValueError(f"option 'terminate_on_success': expected a bool, got {terminate_on_success!r}")
 
+        self._rs = np.random.RandomState(seed)
         try:
-            self.rs_env = robosuite.make(task, **kwargs)
+            with self._own_global_rng():
+                self.rs_env = robosuite.make(task, **kwargs)
         except TypeError as e:
             raise ValueError(f"robosuite task {task!r} rejected its kwargs ({e}); check 'env_args'") from e
 
@@ -191,7 +197,6 @@ class RobosuiteEnv(gym.Env):
             "env_version": robosuite.__version__,
             "env_kwargs": copy.deepcopy(kwargs),
         }
-        self._rs = np.random.RandomState()
         self._t = 0
         self._needs_rebuild = False
 
@@ -309,7 +314,13 @@ class RobosuiteEnv(gym.Env):
         bad_before = self._bad_qacc_count()
         try:
             with self._own_global_rng():
-                raw, reward, _, _ = self.rs_env.step(scaled)
+                self.rs_env.step(scaled)
+                # robosuite's lite physics leaves positions one substep behind the state it returns; recompute them
+                # so the observation, reward and success are functions of the simulator state, which is what
+                # robomimic's replay of stored `states` (set_state_from_flattened + forward) reproduces.
+                self.sim.forward()
+                raw = self.rs_env._get_observations(force_update=True)
+                reward = self.rs_env.reward(scaled)
             obs_dict = self._observations(raw)
             obs = self.flatten_obs(obs_dict)
             problem = None
