@@ -106,7 +106,8 @@ def _make_gymnasium(env_id: str, options: dict[str, Any]) -> gym.Env:
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
         raise ValueError(f"env {env_id!r}: action bounds must be finite to rescale to [-1, 1], got {act_space}")
     if not (np.all(low == -1.0) and np.all(high == 1.0)):
-        env = gym.wrappers.RescaleAction(env, min_action=-1.0, max_action=1.0)
+        ones = np.ones(act_space.shape, dtype=act_space.dtype)
+        env = gym.wrappers.RescaleAction(env, min_action=-ones, max_action=ones)
     if obs_space.dtype != np.float32:
         env = Float32Observation(env)
     if env.action_space.dtype != np.float32:
