@@ -95,6 +95,14 @@ def test_reads_demos_in_numeric_order_with_default_low_dim_keys(tmp_path: Path) 
     assert ds.meta["next_obs_derived"] == []
 
 
+def test_dones_inside_a_demo_are_terminals_without_splitting_the_demo(tmp_path: Path) -> None:
+    demo = make_demo(6, 0)
+    demo["dones"][3:] = 1  # robomimic done_mode 2: done at every success state and at the end
+    ds = load_dataset("robomimic", write_robomimic(tmp_path / "dm2.hdf5", {"demo_0": demo}))
+    assert ds.terminals.tolist() == [0, 0, 0, 1, 1, 1] and ds.episode_ends.tolist() == [6]
+    assert float(ds.timeouts.sum()) == 0
+
+
 def test_obs_keys_order_and_filter_key(tmp_path: Path) -> None:
     path, demos = standard_file(tmp_path / "lift.hdf5")
     ds = load_dataset("robomimic", path, obs_keys=["robot0_eef_pos", "object"], filter_key="train")

@@ -89,6 +89,9 @@ class TransitionDataset:
             raise DatasetError(src, "meta", f"expected JSON-serializable metadata ({e})") from None
         for name in _TENSOR_FIELDS:
             setattr(self, name, _as_float_tensor(getattr(self, name), src, name))
+        device = self.observations.device
+        for name in _TENSOR_FIELDS[1:]:
+            setattr(self, name, getattr(self, name).to(device))  # one device for all, that of observations
 
         n = self.observations.shape[0] if self.observations.dim() > 0 else 0
         if self.observations.dim() != 2 or n == 0 or self.observations.shape[1] == 0:
@@ -164,6 +167,7 @@ class TransitionDataset:
 
     @property
     def device(self) -> torch.device:
+        """The device holding every tensor of the dataset."""
         return self.observations.device
 
     def to(self, device: str | torch.device) -> TransitionDataset:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from pipeline.data.dataset import DatasetError, TransitionDataset, check_actions, finite_or_none
+from pipeline.data.dataset import (
+    DatasetError,
+    TransitionDataset,
+    check_actions,
+    check_array,
+    check_flags,
+    finite_or_none,
+)
 
 Policy = Callable[[Any], Any]
 
@@ -110,31 +118,24 @@ def load_minari(source: str | os.PathLike[str], obs_keys: Sequence[str] | None =
         for ep in ds.iterate_episodes():
             t = len(ep.rewards)
             key = f"episode_{ep.id}"
-            obs = _flatten(ep.observations, obs_space, data_path, key + "/observations", top=obs_keys)
-            act = np.asarray(ep.actions, dtype=np.float64)
             if t == 0:
                 continue
-            if obs.shape[0] != t + 1:
-                raise DatasetError(data_path, key + "/observations", f"expected {t + 1} observations "
-                                   f"(steps + 1), got {obs.shape[0]}")
-            if act.shape != (t, act_space.shape[0]):
-                raise DatasetError(data_path, key + "/actions", f"expected shape [{t}, {act_space.shape[0]}], "
-                                   f"got {list(act.shape)}")
-            term = np.asarray(ep.terminations).reshape(-1)
-            trunc = np.asarray(ep.truncations).reshape(-1)
-            rew = np.asarray(ep.rewards, dtype=np.float64).reshape(-1)
-            for name, arr in (("terminations", term), ("truncations", trunc), ("rewards", rew)):
-                if arr.shape != (t,):
-                    raise DatasetError(data_path, f"{key}/{name}", f"expected length {t}, got {list(arr.shape)}")
-            for name, arr in (("terminations", term), ("truncations", trunc)):
-                if not np.isin(arr, (0, 1)).all():
-                    raise DatasetError(data_path, f"{key}/{name}", "expected 0/1 flags")
+            obs = _flatten(ep.observations, obs_space, data_path, key + "/observations", top=obs_keys)
+            # T + 1 observations per T steps; values must also survive the cast to float32.
+            obs = check_array(obs, data_path, key + "/observations", ndim=(2,), length=t + 1)
+            act = check_array(ep.actions, data_path, key + "/actions", ndim=(2,), length=t,
+                              width=act_space.shape[0])
+            rew = check_array(ep.rewards, data_path, key + "/rewards", ndim=(1,), length=t)
+            term = check_flags(check_array(ep.terminations, data_path, key + "/terminations", ndim=(1,), length=t),
+                               data_path, key + "/terminations")
+            trunc = check_flags(check_array(ep.truncations, data_path, key + "/truncations", ndim=(1,), length=t),
+                                data_path, key + "/truncations")
             if rescale:
                 act = 2.0 * (act - low) / (high - low) - 1.0
             check_actions(act, data_path, key + "/actions")
-            tout = trunc.astype(bool).copy()
+            tout = trunc.copy()
             tout[-1] |= not term[-1]
-            for k, v in zip(parts, (obs[:-1], obs[1:], act, rew, term.astype(bool), tout)):
+            for k, v in zip(parts, (obs[:-1], obs[1:], act, rew, term, tout)):
                 parts[k].append(v)
             lengths.append(t)
     except DatasetError:
@@ -245,8 +246,8 @@ def collect_minari(
 
     ``env_id`` is a Gymnasium id (made with ``gym.make(env_id, max_episode_steps=..., **env_kwargs)``) or an
     environment instance. ``policy`` maps one observation to one action (numpy or torch); ``None`` samples
-    uniformly from the action space (seeded). Actions are clipped to the action space before stepping. The
-    first reset uses ``seed``; later resets continue the env's RNG, so a run is reproducible from ``seed``.
+    uniformly from the action space (seeded). Actions are clipped to the action space before stepping.
+    Episode ``k`` resets with seed ``seed + k`` (stored by Minari per episode), so a run is reproducible.
 
     Reference scores: when ``ref_max_score`` is given it is stored with ``ref_min_score``; a missing
     ``ref_min_score`` is then estimated by Minari with a random policy over ``num_episodes_average_score``
@@ -256,6 +257,9 @@ def collect_minari(
     """
     import minari
 
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    parse_dataset_id(dataset_id)  # raises ValueError on a malformed id before any episode is collected
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     if ref_min_score is not None and ref_max_score is None:
@@ -275,10 +279,9 @@ def collect_minari(
     collector = minari.DataCollector(env, record_infos=False)
     try:
         space.seed(seed)
-        obs, _ = collector.reset(seed=seed)
         for episode in range(n_episodes):
-            if episode > 0:
-                obs, _ = collector.reset()
+            # Explicit per-episode seeds: Minari would otherwise draw each reset seed from `secrets`.
+            obs, _ = collector.reset(seed=seed + episode)
             done = False
             while not done:
                 raw = space.sample() if policy is None else policy(obs)
@@ -288,14 +291,17 @@ def collect_minari(
                 obs, _, terminated, truncated, _ = collector.step(action)
                 done = bool(terminated or truncated)
         if eval_env is None:
-            eval_env = env.spec if env.spec is not None else None
-        collector.create_dataset(
-            dataset_id=dataset_id, eval_env=eval_env, algorithm_name=algorithm_name or
-            ("random" if policy is None else getattr(policy, "__name__", type(policy).__name__)),
-            code_permalink=code_permalink, author=author, description=description,
-            ref_min_score=ref_min_score, ref_max_score=ref_max_score,
-            num_episodes_average_score=num_episodes_average_score,
-        )
+            eval_env = env.spec
+        with warnings.catch_warnings():
+            # Minari nags about every optional field left empty (author, e-mail, permalink, description).
+            warnings.filterwarnings("ignore", message=r"`\w+` is set to None", category=UserWarning)
+            collector.create_dataset(
+                dataset_id=dataset_id, eval_env=eval_env, algorithm_name=algorithm_name or
+                ("random" if policy is None else getattr(policy, "__name__", type(policy).__name__)),
+                code_permalink=code_permalink, author=author, description=description,
+                ref_min_score=ref_min_score, ref_max_score=ref_max_score,
+                num_episodes_average_score=num_episodes_average_score,
+            )
     finally:
         collector.close()
     return target

@@ -116,7 +116,7 @@ def _load(f: Any, path: Path, obs_keys: list[str] | None, filter_key: str | None
         widths = {a.shape[1] for a in parts[part]}
         if len(widths) != 1:
             raise DatasetError(path, what, f"expected the same size in every demo, got sizes {sorted(widths)}")
-    if parts["next_obs"][0].shape[1] != parts["obs"][0].shape[1] or len({a.shape[1] for a in parts["next_obs"]}) != 1:
+    if {a.shape[1] for a in parts["next_obs"]} != {parts["obs"][0].shape[1]}:
         raise DatasetError(path, f"next_obs {obs_keys}", "expected the same size as obs in every demo")
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     meta: dict[str, Any] = {
