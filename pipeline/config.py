@@ -1,0 +1,386 @@
+"""Typed, validated run configuration.
+
+A run is configured by layering, in order: the dataclass defaults below, a named preset (``configs/NAME.yaml``),
+then ``dotted.key=value`` overrides (the CLI's ``--set`` and DVC's ``params.yaml``). Unknown keys, wrong types and
+out-of-range values raise :class:`ConfigError` naming the dotted key and what is allowed, so a typo never silently
+runs the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+PolicyKind = Literal["gaussian", "flow_mlp", "flow_g", "flow_t"]
+DatasetFormat = Literal["minari", "d4rl", "robomimic"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class DatasetConfig:
+    format: DatasetFormat = "robomimic"  # minari | d4rl | robomimic
+    source: str = "datasets/lift_demos.hdf5"  # Minari id, or path to an .hdf5 file
+    obs_keys: list[str] | None = None  # robomimic: ordered low-dim keys (None: the task's robomimic defaults)
+    filter_key: str | None = None  # robomimic: mask/<filter_key> selects demos (e.g. train)
+    normalize_obs: bool = True  # standardize observations with the dataset's mean/std
+
+
+@dataclass
+class CollectConfig:
+    kind: Literal["robosuite_demos", "minari", "none"] = "robosuite_demos"  # what the collect stage makes
+    env_id: str = "robosuite/Lift"  # env the data is collected on
+    episodes: int = 30  # number of episodes to record
+    noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5])  # scripted demos: action noise
+    out: str = "datasets/lift_demos.hdf5"  # file (robomimic/d4rl) or Minari dataset id
+    horizon: int | None = None  # episode step limit (None: the env's default)
+
+
+@dataclass
+class PolicyConfig:
+    kind: PolicyKind = "flow_t"  # gaussian | flow_mlp | flow_g | flow_t
+    steps: int = 4  # K Euler steps of the flow rollout
+    noise: Literal["fixed", "learned"] = "fixed"  # per-step noise: scalar sigma or a learned log-sigma head
+    noise_std: float = 0.1  # fixed sigma of the noise-augmented rollout
+    log_prob: Literal["exact", "paper_code"] = "exact"  # exact path density or the public code's variant
+    hidden: int = 256  # MLP width (gaussian, flow_mlp, flow_g, flow_t encoders)
+    layers: int = 2  # MLP hidden layers
+    d_model: int = 64  # flow_t token width
+    n_layers: int = 2  # flow_t decoder layers
+    n_heads: int = 4  # flow_t attention heads
+    norm: Literal["post", "pre"] = "post"  # flow_t LayerNorm placement
+    bc_target: Literal["pretanh", "raw"] = "pretanh"  # flow-matching target space for dataset actions
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`pipeline.policies.make_policy` (a Gaussian takes only its MLP shape)."""
+        if self.kind == "gaussian":
+            return {"hidden": self.hidden, "layers": self.layers}
+        kw = {k: getattr(self, k) for k in ("steps", "noise", "noise_std", "log_prob", "hidden", "layers", "bc_target")}
+        if self.kind == "flow_t":
+            kw.update(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, norm=self.norm)
+        return kw
+
+
+@dataclass
+class CriticConfig:
+    kind: Literal["ensemble", "crossq"] = "ensemble"  # twin/N Q with targets, or CrossQ (batch renorm, no target)
+    n_critics: int = 2  # ensemble size; the target takes the min over all members
+    hidden: int = 256  # MLP width
+    layers: int = 2  # MLP hidden layers
+    layer_norm: bool = False  # LayerNorm after each hidden layer (helps offline/O2O stability)
+
+
+@dataclass
+class SACConfig:
+    gamma: float = 0.99  # discount per decision
+    tau: float = 0.005  # Polyak rate of the target critics
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 0.2  # initial temperature
+    learn_alpha: bool = True  # tune alpha towards target_entropy
+    target_entropy: float | None = None  # None: -|A|
+    batch_size: int = 256
+    utd: int = 1  # critic updates per environment step
+    policy_delay: int = 1  # actor and alpha update every N critic updates
+    grad_clip: float | None = None  # max grad norm for actor and critic (None: off)
+    actor_noise_std: float | None = None  # fixed-sigma override in the actor loss (None: policy.noise_std)
+    act_noise_std: float | None = None  # fixed-sigma override when acting and in critic targets
+    bc_weight: float = 0.0  # lambda_bc on ||a_pi - a_data||^2 in the actor loss (O2O)
+    q_agg: Literal["min", "mean"] = "min"  # ensemble reduction in targets and actor loss (public O2O code: mean)
+    max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # Lightning accelerator: auto | cpu | gpu
+    devices: int = 1  # processes / GPUs (pretrain supports DDP)
+    strategy: str = "auto"  # Lightning strategy: auto | ddp
+    num_nodes: int = 1
+    progress: bool = True  # rich progress bars (off in CI logs)
+
+
+@dataclass
+class PretrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # what to pretrain on
+    steps: int = 2000  # gradient steps
+    flow_weight: float = 1.0  # weight of the flow-matching BC loss
+    q_weight: float = 1.0  # weight of the -Q + alpha log pi actor term (0: BC only)
+    train_critic: bool = True  # train the SAC critic on the dataset
+    log_every: int = 100  # steps between metric rows
+    checkpoint_every: int = 500  # steps between checkpoints
+    bc_weight: float | None = None  # lambda_bc during pretraining (None: sac.bc_weight)
+
+
+@dataclass
+class FinetuneConfig:
+    dataset: DatasetConfig | None = None  # offline data for the buffer (None: the pretraining dataset)
+    from_pretrained: bool = True  # start from the pretrain checkpoint (False: from scratch)
+    env_id: str = "robosuite/Lift"
+    env_options: dict[str, Any] = field(default_factory=dict)  # passed to make_env
+    total_steps: int = 10000  # environment steps
+    learning_starts: int = 1000  # env steps before updates start (from scratch); 0 for O2O
+    random_steps: int = 1000  # initial uniform-random actions (from scratch only)
+    buffer_size: int = 1_000_000  # online transitions kept
+    buffer_mode: Literal["seeded", "mixed"] = "seeded"  # offline data inside the buffer, or a fixed offline ratio
+    offline_ratio: float = 0.5  # mixed: share of each batch drawn from the offline data
+    reward_scale: float = 1.0  # rewards are r * scale + shift, for dataset and env alike
+    reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
+    eval_every: int = 5000  # env steps between evaluations
+    eval_episodes: int = 10
+    log_every: int = 1000  # env steps between metric rows
+    checkpoint_every: int = 5000  # env steps between checkpoints
+
+
+@dataclass
+class EvaluateConfig:
+    episodes: int = 20
+    seed: int = 10_000  # evaluation episodes use seeds seed, seed+1, ...
+    deterministic: bool = True  # epsilon = 0 rollout; stochastic evaluation is reported too when both is set
+    both: bool = True  # report deterministic and stochastic acting
+
+
+@dataclass
+class Config:
+    name: str = "default"  # run name (the preset's)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Range checks: (dotted key, predicate, what is allowed)
+_RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("policy.steps", lambda v: 1 <= v <= 32, "an integer in 1..32"),
+    ("policy.noise_std", lambda v: v > 0, "> 0"),
+    ("policy.hidden", lambda v: v >= 1, ">= 1"),
+    ("policy.layers", lambda v: v >= 1, ">= 1"),
+    ("policy.d_model", lambda v: v >= 1, ">= 1"),
+    ("policy.n_layers", lambda v: v >= 1, ">= 1"),
+    ("policy.n_heads", lambda v: v >= 1, ">= 1"),
+    ("critic.n_critics", lambda v: v >= 1, ">= 1"),
+    ("critic.hidden", lambda v: v >= 1, ">= 1"),
+    ("critic.layers", lambda v: v >= 1, ">= 1"),
+    ("sac.gamma", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("sac.tau", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("sac.actor_lr", lambda v: v > 0, "> 0"),
+    ("sac.critic_lr", lambda v: v > 0, "> 0"),
+    ("sac.alpha_lr", lambda v: v > 0, "> 0"),
+    ("sac.init_alpha", lambda v: v > 0, "> 0"),
+    ("sac.batch_size", lambda v: v >= 1, ">= 1"),
+    ("sac.utd", lambda v: v >= 1, ">= 1"),
+    ("sac.policy_delay", lambda v: v >= 1, ">= 1"),
+    ("sac.grad_clip", lambda v: v is None or v > 0, "> 0 or null"),
+    ("sac.actor_noise_std", lambda v: v is None or v > 0, "> 0 or null"),
+    ("sac.act_noise_std", lambda v: v is None or v > 0, "> 0 or null"),
+    ("sac.bc_weight", lambda v: v >= 0, ">= 0"),
+    ("sac.max_nonfinite", lambda v: v >= 1, ">= 1"),
+    ("trainer.devices", lambda v: v >= 1, ">= 1"),
+    ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),
+    ("collect.episodes", lambda v: v >= 1, ">= 1"),
+    ("pretrain.steps", lambda v: v >= 0, ">= 0"),
+    ("pretrain.log_every", lambda v: v >= 1, ">= 1"),
+    ("pretrain.checkpoint_every", lambda v: v >= 1, ">= 1"),
+    ("finetune.total_steps", lambda v: v >= 0, ">= 0"),
+    ("finetune.learning_starts", lambda v: v >= 0, ">= 0"),
+    ("finetune.random_steps", lambda v: v >= 0, ">= 0"),
+    ("finetune.buffer_size", lambda v: v >= 1, ">= 1"),
+    ("finetune.offline_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("finetune.eval_every", lambda v: v >= 1, ">= 1"),
+    ("finetune.eval_episodes", lambda v: v >= 0, ">= 0"),
+    ("finetune.log_every", lambda v: v >= 1, ">= 1"),
+    ("finetune.checkpoint_every", lambda v: v >= 1, ">= 1"),
+    ("evaluate.episodes", lambda v: v >= 1, ">= 1"),
+]
+
+
+def get_dotted(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raise :class:`ConfigError` for the first out-of-range value, and for cross-field inconsistencies."""
+    for key, ok, allowed in _RANGES:
+        value = get_dotted(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"config key {key!r} = {value!r} is out of range: expected {allowed}")
+    if cfg.sac.batch_size > cfg.finetune.buffer_size:
+        raise ConfigError(
+            f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than 'finetune.buffer_size' = "
+            f"{cfg.finetune.buffer_size}: a batch cannot be drawn from a smaller buffer"
+        )
+    if cfg.policy.kind == "flow_t" and cfg.policy.d_model % cfg.policy.n_heads:
+        raise ConfigError(
+            f"config key 'policy.d_model' = {cfg.policy.d_model} must be divisible by "
+            f"'policy.n_heads' = {cfg.policy.n_heads}"
+        )
+    if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
+        raise ConfigError(
+            "config keys 'sac.actor_noise_std' / 'sac.act_noise_std' override a fixed sigma; "
+            "with policy.noise = 'learned' they must be null"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building a Config from nested dicts, with type checks
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to ``tp`` where lossless (int -> float), or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r} = {value!r} is not allowed: expected one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"config key {key!r} = {value!r} has the wrong type: "
+                          f"expected {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected a list")
+        (item_tp,) = typing.get_args(tp)
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected a mapping")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)  # YAML reads 1e6 as a float
+            raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected a string")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug in this module, not user input
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys (robomimic-style locked config)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if k not in names:
+            raise ConfigError(f"unknown config key {key!r}; allowed keys here: {sorted(names)}")
+        kwargs[k] = _check_type(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"sac.batch_size=128"`` -> ``("sac.batch_size", 128)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key, yaml.safe_load(raw) if raw.strip() else None
+
+
+def overrides_to_dict(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Turn ``["a.b=1", ...]`` or ``{"a.b": 1}`` into nested dicts."""
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    nested: dict[str, Any] = {}
+    for key, value in items:
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Read ``configs/NAME.yaml`` (or a path to a YAML file) as a nested dict."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}: no file {path}; available presets: {list_presets()}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset file {path} must hold a mapping of config sections, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def load_config(preset: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``configs/<preset>.yaml``, then ``dotted.key=value`` overrides; validated."""
+    data: dict[str, Any] = load_preset(preset) if preset else {}
+    if overrides:
+        data = deep_merge(data, overrides_to_dict(overrides))
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,146 @@
+"""Q-function ensembles, vectorized over members (one batched matmul per layer, no Python loop over critics).
+
+- :class:`QEnsemble`: N independent MLP critics ``Q_k(s, a)``; SAC keeps a target copy.
+- :class:`CrossQCritic`: CrossQ's critic (Bhatt et al., 2024) with Batch Renormalization and no target network:
+  current and next state-actions go through one joint forward pass so both see the same batch statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VectorizedLinear(nn.Module):
+    """``n`` independent linear layers applied to ``x [n, B, in]`` -> ``[n, B, out]`` with one ``baddbmm``."""
+
+    def __init__(self, n: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init, per member
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class VectorizedLayerNorm(nn.Module):
+    """LayerNorm over the feature dim with a separate affine per ensemble member. ``x [n, B, h]``."""
+
+    def __init__(self, n: int, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, 1, features))
+        self.bias = nn.Parameter(torch.zeros(n, 1, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+
+
+class QEnsemble(nn.Module):
+    """``n`` MLP critics evaluated together.
+
+    ``forward(obs [B, S], act [B, A]) -> q [n, B]``.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, n: int = 2, hidden: int = 256, layers: int = 2,
+                 layer_norm: bool = False) -> None:
+        super().__init__()
+        self.n = n
+        mods: list[nn.Module] = []
+        width = obs_dim + act_dim
+        for _ in range(layers):
+            mods.append(VectorizedLinear(n, width, hidden))
+            if layer_norm:
+                mods.append(VectorizedLayerNorm(n, hidden))
+            mods.append(nn.ReLU())
+            width = hidden
+        mods.append(VectorizedLinear(n, width, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1)
+        return self.net(x.unsqueeze(0).expand(self.n, *x.shape)).squeeze(-1)
+
+
+class BatchRenorm(nn.Module):
+    """Batch Renormalization (Ioffe, 2017) per ensemble member over ``x [n, B, h]``.
+
+    During the first ``warmup`` training calls it is plain batch norm (r = 1, d = 0), as in CrossQ; afterwards the
+    batch statistics are corrected towards the running ones with ``r`` clipped to [1/r_max, r_max] and ``d`` to
+    [-d_max, d_max]. In eval mode the running statistics are used.
+    """
+
+    def __init__(self, n: int, features: int, momentum: float = 0.01, eps: float = 1e-3, r_max: float = 3.0,
+                 d_max: float = 5.0, warmup: int = 100_000) -> None:
+        super().__init__()
+        self.momentum, self.eps, self.r_max, self.d_max, self.warmup = momentum, eps, r_max, d_max, warmup
+        self.weight = nn.Parameter(torch.ones(n, 1, features))
+        self.bias = nn.Parameter(torch.zeros(n, 1, features))
+        self.register_buffer("running_mean", torch.zeros(n, 1, features))
+        self.register_buffer("running_var", torch.ones(n, 1, features))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean = x.mean(dim=1, keepdim=True)
+            var = x.var(dim=1, unbiased=False, keepdim=True)
+            std = (var + self.eps).sqrt()
+            running_std = (self.running_var + self.eps).sqrt()
+            # warm-up gate as a tensor, so the forward pass has no host sync
+            renorm = (self.steps >= self.warmup).to(x.dtype)
+            r = (std.detach() / running_std).clamp(1 / self.r_max, self.r_max)
+            d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
+            r = renorm * r + (1 - renorm)
+            d = renorm * d
+            x_hat = (x - mean) / std * r + d
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+                self.steps += 1
+        else:
+            x_hat = (x - self.running_mean) / (self.running_var + self.eps).sqrt()
+        return x_hat * self.weight + self.bias
+
+
+class CrossQCritic(nn.Module):
+    """CrossQ critic ensemble: BatchRenorm on the input and after every hidden layer, no target network.
+
+    ``forward(obs, act) -> q [n, B]``; :meth:`joint` evaluates ``(s, a)`` and ``(s', a')`` in one pass.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, n: int = 2, hidden: int = 256, layers: int = 2,
+                 warmup: int = 100_000) -> None:
+        super().__init__()
+        self.n = n
+        mods: list[nn.Module] = [BatchRenorm(n, obs_dim + act_dim, warmup=warmup)]
+        width = obs_dim + act_dim
+        for _ in range(layers):
+            mods += [VectorizedLinear(n, width, hidden), BatchRenorm(n, hidden, warmup=warmup), nn.ReLU()]
+            width = hidden
+        mods.append(VectorizedLinear(n, width, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1)
+        return self.net(x.unsqueeze(0).expand(self.n, *x.shape)).squeeze(-1)
+
+    def joint(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor,
+              next_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q [n, B]`` and ``q_next [n, B]`` from one batch-normalized pass over both halves."""
+        q = self(torch.cat([obs, next_obs]), torch.cat([act, next_act]))
+        return q.split(obs.shape[0], dim=1)
+
+
+def make_critic(kind: str, obs_dim: int, act_dim: int, n: int = 2, hidden: int = 256, layers: int = 2,
+                layer_norm: bool = False) -> nn.Module:
+    """``kind`` in ``ensemble | crossq``."""
+    if kind == "ensemble":
+        return QEnsemble(obs_dim, act_dim, n=n, hidden=hidden, layers=layers, layer_norm=layer_norm)
+    if kind == "crossq":
+        return CrossQCritic(obs_dim, act_dim, n=n, hidden=hidden, layers=layers)
+    raise ValueError(f"config key 'critic.kind' = {kind!r} is not allowed: expected 'ensemble' or 'crossq'")

@@ -1,0 +1,100 @@
+"""``OfflinePretrain``: flow-matching BC + the SAC critic + the regularized SAC actor term, on a fixed dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from pipeline.buffers import ReplayBuffer
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import Config
+from pipeline.metrics import CSVLog, RunningMeans
+from pipeline.runtime import rng_state, set_rng_state
+from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
+
+PRETRAIN_COLUMNS = [
+    "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "alpha",
+    "actor_grad_norm", "critic_grad_norm", "skipped_updates",
+]
+
+
+class OfflinePretrain(L.LightningModule):
+    """One ``training_step`` = one update on a batch drawn uniformly from the dataset.
+
+    The actor objective is ``flow_weight * flow-matching + q_weight * (alpha log pi - Q) + bc_weight * ||a - a_data||^2``
+    (``pretrain.*``); with ``q_weight = 0`` and ``train_critic = false`` it is plain flow BC.
+    """
+
+    def __init__(self, cfg: Config, dataset: Any, run_dir: str | Path, resume_state: dict[str, Any] | None = None,
+                 progress: Any = None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
+        self.resume_state, self.progress = resume_state, progress
+        self.agent = SACAgent(dataset.obs_dim, dataset.act_dim, cfg.policy, cfg.critic, cfg.sac)
+        if dataset.normalization is not None and cfg.pretrain.dataset.normalize_obs:
+            self.agent.set_obs_normalization(dataset.normalization.obs_mean, dataset.normalization.obs_std)
+        self.step_count = 0
+        self.log_csv = CSVLog(self.run_dir / "pretrain.csv", PRETRAIN_COLUMNS, "step")
+        self.means = RunningMeans()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        opts = make_optimizers(self.agent)
+        return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
+
+    def on_fit_start(self) -> None:
+        d, ft = self.dataset, self.cfg.finetune
+        self.buffer = ReplayBuffer(len(d), d.obs_dim, d.act_dim, self.device)
+        # the reward transform online training uses, so the pretrained critic's scale carries over
+        self.buffer.add(d.observations, d.actions, d.rewards * ft.reward_scale + ft.reward_shift,
+                        d.next_observations, d.terminals)
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        self.updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
+                                  backward=self.manual_backward)
+        if self.resume_state is not None:
+            self.load_state(self.resume_state)
+        else:
+            self.log_csv.reset()
+
+    def training_step(self, step: int, batch_idx: int) -> None:
+        pt = self.cfg.pretrain
+        bc_weight = self.cfg.sac.bc_weight if pt.bc_weight is None else pt.bc_weight
+        info = self.updater.update(self.buffer.sample(self.cfg.sac.batch_size), bc_weight=bc_weight,
+                                   q_weight=pt.q_weight, flow_weight=pt.flow_weight, train_critic=pt.train_critic)
+        self.means.add(info)
+        self.step_count += 1
+        if self.step_count % pt.log_every == 0:
+            row = {k: v for k, v in self.means.pop().items() if k in PRETRAIN_COLUMNS}
+            row.update(step=self.step_count, alpha=self.agent.alpha.item(), skipped_updates=self.updater.skipped)
+            self.log_csv.append(row)
+        if self.step_count % pt.checkpoint_every == 0:
+            self.save()
+        if self.progress is not None:
+            self.progress(self)
+
+    def on_train_end(self) -> None:
+        self.save()
+
+    def state(self) -> dict[str, Any]:
+        return {"agent": self.agent.state_dict(), "updater": self.updater.state_dict(), "step": self.step_count,
+                "rng": rng_state(),
+                "means": {k: (v.cpu(), self.means.counts[k]) for k, v in self.means.sums.items()},
+                "normalization": None if self.dataset.normalization is None else self.dataset.normalization.to_dict(),
+                "dims": {"obs": self.agent.obs_dim, "act": self.agent.act_dim}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.updater.load_state_dict(state["updater"])
+        self.step_count = state["step"]
+        self.means.sums = {k: v.to(self.device) for k, (v, _) in state["means"].items()}
+        self.means.counts = {k: c for k, (_, c) in state["means"].items()}
+        set_rng_state(state["rng"])
+        self.log_csv.truncate_after(self.step_count)
+
+    def save(self) -> None:
+        if self.trainer.is_global_zero:
+            save_checkpoint(self.state(), self.run_dir / "checkpoints" / "last.pt")

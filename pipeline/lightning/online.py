@@ -1,0 +1,76 @@
+"""``OnlineFinetune``: SAC online, from scratch or from an offline-pretrained agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import lightning as L
+import torch
+
+from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
+from pipeline.config import Config
+from pipeline.online import OnlineRunner
+from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
+
+
+class OnlineFinetune(L.LightningModule):
+    """One ``training_step`` = one environment step plus ``sac.utd`` updates.
+
+    ``offline``: a TransitionDataset for the buffer (``finetune.buffer_mode``); ``init_state``: agent weights to
+    start from (a pretraining checkpoint's ``agent``); ``resume_state``: this stage's own last checkpoint.
+    """
+
+    def __init__(self, cfg: Config, env: gym.Env, eval_env: gym.Env | None, run_dir: str | Path,
+                 offline: Any = None, init_state: dict[str, Any] | None = None,
+                 resume_state: dict[str, Any] | None = None, progress: Any = None) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg, self.env, self.eval_env, self.run_dir = cfg, env, eval_env, Path(run_dir)
+        self.offline, self.resume_state, self.progress = offline, resume_state, progress
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        self.agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac)
+        self.from_scratch = init_state is None
+        if init_state is not None:
+            self.agent.load_state_dict(init_state)
+        elif offline is not None and offline.normalization is not None and cfg.pretrain.dataset.normalize_obs:
+            self.agent.set_obs_normalization(offline.normalization.obs_mean, offline.normalization.obs_std)
+        self.runner: OnlineRunner | None = None
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        opts = make_optimizers(self.agent)
+        return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
+
+    def on_fit_start(self) -> None:
+        cfg, ft = self.cfg, self.cfg.finetune
+        obs_dim, act_dim = self.agent.obs_dim, self.agent.act_dim
+        offline_buf = None
+        if self.offline is not None:
+            offline_buf = ReplayBuffer(len(self.offline), obs_dim, act_dim, self.device)
+            d = self.offline
+            offline_buf.add(d.observations, d.actions, d.rewards * ft.reward_scale + ft.reward_shift,
+                            d.next_observations, d.terminals)
+        seeded_extra = len(self.offline) if self.offline is not None and ft.buffer_mode == "seeded" else 0
+        online = ReplayBuffer(ft.buffer_size + seeded_extra, obs_dim, act_dim, self.device)
+        sampler = OfflineOnlineSampler(online, offline_buf, ft.buffer_mode, ft.offline_ratio)
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
+                             backward=self.manual_backward)
+        self.runner = OnlineRunner(cfg, self.agent, updater, self.env, self.eval_env, sampler, self.run_dir,
+                                   from_scratch=self.from_scratch)
+        if self.resume_state is not None:
+            self.runner.load_state_dict(self.resume_state)
+        else:
+            self.runner.train_log.reset()
+            self.runner.eval_log.reset()
+            sampler.seed_offline()
+
+    def training_step(self, step: int, batch_idx: int) -> None:
+        self.runner.step()
+        if self.progress is not None:
+            self.progress(self.runner)
+
+    def on_train_end(self) -> None:
+        self.runner.save()

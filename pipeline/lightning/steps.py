@@ -1,0 +1,40 @@
+"""The "data" of an RL stage is a step counter: the DataModule yields step indices from where a run resumes.
+
+Lightning's ``max_steps`` counts optimizer steps (three per SAC update here), so stages bound their length with
+the number of indices this yields and ``max_epochs=1`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+
+class StepRange(IterableDataset):
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+
+class StepDataModule(L.LightningDataModule):
+    """Yields the integers ``start .. stop-1``; ``start`` is where a resumed run picks up."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def train_dataloader(self) -> DataLoader:
+        # batch_size=None: one plain int per training_step, no collation, no worker processes
+        return DataLoader(StepRange(self.start, self.stop), batch_size=None, collate_fn=_identity)
+
+
+def _identity(x: int) -> torch.Tensor | int:
+    return x

@@ -1,0 +1,94 @@
+"""Metric files a run writes: per-step CSV tables (DVC plots) and a JSON summary (DVC metrics).
+
+CSV columns are fixed when the file is created, so early rows (before the first update) and later rows line up;
+a resumed run drops the rows written after its checkpoint before appending, so no step is counted twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoint import atomic_write_bytes
+
+
+def _plain(value: Any) -> Any:
+    if torch.is_tensor(value):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class CSVLog:
+    """Append-only table with a fixed header; ``step_key`` orders rows for resume truncation."""
+
+    def __init__(self, path: str | Path, columns: list[str], step_key: str) -> None:
+        self.path, self.columns, self.step_key = Path(path), columns, step_key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._rewrite([])
+
+    def _rewrite(self, rows: list[dict[str, str]]) -> None:
+        def write(f: Any) -> None:
+            import io
+
+            text = io.StringIO()
+            w = csv.DictWriter(text, fieldnames=self.columns)
+            w.writeheader()
+            w.writerows(rows)
+            f.write(text.getvalue().encode())
+
+        atomic_write_bytes(self.path, write)
+
+    def rows(self) -> list[dict[str, str]]:
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def reset(self) -> None:
+        """Start an empty table (a fresh run in a directory that holds an old one)."""
+        self._rewrite([])
+
+    def truncate_after(self, step: int) -> None:
+        """Keep rows with ``step_key <= step`` (called when a run resumes from ``step``)."""
+        self._rewrite([r for r in self.rows() if float(r[self.step_key]) <= step])
+
+    def append(self, row: dict[str, Any]) -> None:
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise KeyError(f"{self.path}: columns {sorted(unknown)} are not in the table's header {self.columns}")
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow({k: _plain(v) for k, v in row.items()})
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    text = json.dumps({k: _plain(v) for k, v in data.items()}, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+class RunningMeans:
+    """Sums of scalar tensors between two log rows, kept on the device until the row is written."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().clone()
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: (v / self.counts[k]).item() for k, v in self.sums.items()}
+        self.sums.clear()
+        self.counts.clear()
+        return out

@@ -1,0 +1,141 @@
+"""Stage recipes: build data, model and trainer; fit; return metrics. The CLI and the DVC stages call these.
+
+Every recipe writes into its own ``out_dir`` (config.yaml, checkpoints/, CSV logs, metrics.json) and resumes
+from ``out_dir/checkpoints/last.pt`` when it exists, so running the same command again after an interruption
+continues the run instead of restarting it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from pipeline.checkpoint import find_checkpoint, load_checkpoint
+from pipeline.config import Config, ConfigError, DatasetConfig, save_config
+from pipeline.data.dataset import TransitionDataset, check_compatible, load_dataset
+from pipeline.envs import make_env
+from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
+from pipeline.metrics import write_json
+from pipeline.progress import stage_progress
+from pipeline.runtime import resolve_device, seed_everything, set_threads
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def load_offline(dcfg: DatasetConfig) -> TransitionDataset:
+    """The dataset a stage trains on, with observation statistics attached."""
+    options: dict[str, Any] = {}
+    if dcfg.obs_keys is not None:
+        options["obs_keys"] = dcfg.obs_keys
+    if dcfg.filter_key is not None:
+        options["filter_key"] = dcfg.filter_key
+    ds = load_dataset(dcfg.format, dcfg.source, **options)
+    return ds if ds.normalization is not None else ds.with_normalization()
+
+
+def env_options_for(env_id: str, dataset: TransitionDataset | None, options: dict[str, Any]) -> dict[str, Any]:
+    """robosuite envs are rebuilt from the dataset's ``env_args`` and observe its ``obs_keys`` in its order."""
+    opts = dict(options)
+    if dataset is not None and env_id.startswith("robosuite/"):
+        if dataset.meta.get("env_args") and "env_args" not in opts:
+            opts["env_args"] = dataset.meta["env_args"]
+        if dataset.meta.get("obs_keys") and "obs_keys" not in opts:
+            opts["obs_keys"] = list(dataset.meta["obs_keys"])
+    return opts
+
+
+def make_trainer(cfg: Config) -> L.Trainer:
+    t = cfg.trainer
+    device = resolve_device(cfg.device)
+    accelerator = t.accelerator if t.accelerator != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    return L.Trainer(
+        accelerator=accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, max_epochs=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=False,
+    )
+
+
+def _prepare(cfg: Config, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def pretrain(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
+    """Offline pretraining on ``cfg.pretrain.dataset``; returns the metrics written to ``metrics.json``."""
+    out = _prepare(cfg, out_dir)
+    dataset = load_offline(cfg.pretrain.dataset)
+    if cfg.sac.batch_size > len(dataset):
+        raise ConfigError(f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than the dataset "
+                          f"{cfg.pretrain.dataset.source} ({len(dataset)} transitions)")
+    ckpt = find_checkpoint(out / CHECKPOINT)
+    resume = load_checkpoint(ckpt) if ckpt else None
+    start = resume["step"] if resume else 0
+    total = cfg.pretrain.steps
+    t0 = time.perf_counter()
+    with stage_progress("pretrain", total, start, cfg.trainer.progress) as bar:
+        module = OfflinePretrain(cfg, dataset, out, resume_state=resume,
+                                 progress=lambda m: bar(m.step_count) if m.step_count % 50 == 0 else None)
+        if start < total:
+            make_trainer(cfg).fit(module, datamodule=StepDataModule(start, total))
+    rows = module.log_csv.rows()
+    metrics = {"stage": "pretrain", "steps": total, "dataset": cfg.pretrain.dataset.source,
+               "transitions": len(dataset), "seconds": time.perf_counter() - t0, "resumed_from": start}
+    if rows:
+        metrics.update({f"final_{k}": float(v) for k, v in rows[-1].items() if v not in ("", None) and k != "step"})
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = None) -> dict[str, Any]:
+    """Online SAC: from the agent in ``pretrained`` (a pretrain run's checkpoint) or from scratch."""
+    out = _prepare(cfg, out_dir)
+    ft = cfg.finetune
+    if ft.from_pretrained and pretrained is None:
+        raise ConfigError("finetune.from_pretrained is true but no pretrained checkpoint was given "
+                          "(pass --pretrained DIR, or --set finetune.from_pretrained=false)")
+    dcfg = ft.dataset or (cfg.pretrain.dataset if ft.from_pretrained else None)
+    offline = load_offline(dcfg) if dcfg is not None else None
+    options = env_options_for(ft.env_id, offline, ft.env_options)
+    env = make_env(ft.env_id, seed=cfg.seed, **options)
+    eval_env = make_env(ft.env_id, seed=cfg.evaluate.seed, **options)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    if offline is not None:
+        check_compatible(offline, obs_dim, act_dim, dcfg.source)
+    init_state = None
+    if ft.from_pretrained:
+        init_state = load_checkpoint(Path(pretrained) / CHECKPOINT if Path(pretrained).is_dir() else pretrained)["agent"]
+    ckpt = find_checkpoint(out / CHECKPOINT)
+    resume = load_checkpoint(ckpt) if ckpt else None
+    start = resume["env_step"] if resume else 0
+    t0 = time.perf_counter()
+    with stage_progress("finetune", ft.total_steps, start, cfg.trainer.progress) as bar:
+        def show(runner: Any) -> None:
+            if runner.env_step % 100 == 0:
+                ev = runner.last_eval.get("deterministic", {})
+                bar(runner.env_step, episodes=runner.episodes,
+                    **({"eval_success": ev["success_rate"]} if "success_rate" in ev else
+                       {"eval_return": ev["return_mean"]} if ev else {}))
+
+        module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
+                                resume_state=resume, progress=show)
+        make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
+    runner = module.runner
+    final = runner.run_eval() if ft.eval_episodes > 0 else {}
+    metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
+                               "updates": runner.updater.updates, "episodes": runner.episodes,
+                               "seconds": time.perf_counter() - t0, "resumed_from": start,
+                               "from_pretrained": ft.from_pretrained, "skipped_updates": runner.updater.skipped,
+                               "env_errors": runner.env_errors, **runner.sampler.composition()}
+    for mode, result in final.items():
+        for k in ("return_mean", "success_rate"):
+            if k in result:
+                metrics[f"eval_{mode}_{k}"] = result[k]
+    write_json(out / "metrics.json", metrics)
+    return metrics
