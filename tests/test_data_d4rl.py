@@ -82,6 +82,8 @@ def test_with_next_observations_keeps_every_row_and_splits_on_mismatch(tmp_path:
     # Timeouts mark every non-terminal episode end, including the unflagged cut at row 2.
     assert ds.timeouts.nonzero().flatten().tolist() == [2, 9, 17]
     assert ds.meta["rows_dropped"] == 0
+    assert ds.normalization is not None and ds.normalization.std_floor == 1e-3
+    assert load_dataset("d4rl", tmp_path / "d.hdf5", std_floor=0.5).normalization.std_floor == 0.5
 
 
 def test_write_then_read_round_trip(tmp_path: Path) -> None:

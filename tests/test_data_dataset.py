@@ -191,6 +191,18 @@ def test_to_device_copies_tensors_and_stats() -> None:
     assert moved.normalization is not None and moved.episode_ends.device.type == "cpu"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_cuda_and_back() -> None:
+    ds = make_dataset().with_normalization()
+    gpu = ds.to("cuda")
+    assert gpu.device.type == "cuda" and gpu.episode_ends.device.type == "cuda"
+    assert gpu.normalization is not None and gpu.normalization.obs_mean.device.type == "cuda"
+    torch.testing.assert_close(gpu.normalization.normalize_obs(gpu.observations).cpu(),
+                               ds.normalization.normalize_obs(ds.observations))
+    torch.testing.assert_close(gpu.episode_returns().cpu(), ds.episode_returns())
+    assert torch.equal(gpu.to("cpu").actions, ds.actions)
+
+
 def test_normalized_score_requires_references() -> None:
     ds = make_dataset(meta={"source": "unit", "ref_min_score": -10.0, "ref_max_score": 90.0})
     assert ds.normalized_score(40.0) == pytest.approx(0.5)
