@@ -12,14 +12,18 @@ from pipeline.envs.robosuite_env import (
     RobosuiteEnv,
     parse_env_args,
 )
+from pipeline.envs.scripted import SCRIPTED_POLICIES, ScriptedPolicy, make_scripted_policy
 
 __all__ = [
     "DEFAULT_HORIZONS",
     "DEFAULT_OBS_KEYS",
     "ROBOSUITE_ENV_TYPE",
+    "SCRIPTED_POLICIES",
     "ObsSpec",
     "RobosuiteEnv",
+    "ScriptedPolicy",
     "get_obs_spec",
     "make_env",
+    "make_scripted_policy",
     "parse_env_args",
 ]
