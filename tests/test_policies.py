@@ -27,6 +27,15 @@ VARIANTS = [("gaussian", None)] + [(k, n) for k in FLOW_KINDS for n in ("fixed",
 SMALL = {"gaussian": {"hidden": 32}, "flow_mlp": {"hidden": 32}, "flow_g": {"hidden": 32}, "flow_t": {"d_model": 16}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads, which only spin on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build(kind: str, noise: str | None = None, **cfg) -> nn.Module:
     torch.manual_seed(0)
     opts = dict(SMALL[kind], **cfg)
@@ -407,3 +416,7 @@ def test_bad_call_arguments() -> None:
         fixed.bc_loss(obs_batch(2), torch.zeros(2, ACT + 1))
     with pytest.raises(ValueError, match="obs_dim"):
         make_policy("flow_g", 0, ACT)
+    with pytest.raises(ValueError, match="learned_noise"):
+        FlowPolicy(FlowTVelocity(OBS, ACT, d_model=16, learned_noise=True), noise="fixed")
+    with pytest.raises(ValueError, match="steps"):
+        FlowPolicy(FlowTVelocity(OBS, ACT, d_model=16), steps=0)

@@ -129,12 +129,16 @@ class FlowPolicy(nn.Module):
             raise ValueError(f"log_prob must be one of {LOG_PROB_MODES}, got {log_prob!r}")
         if bc_target not in BC_TARGETS:
             raise ValueError(f"bc_target must be one of {BC_TARGETS}, got {bc_target!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 32:
+            raise ValueError(f"steps must be an int in [1, 32], got {steps!r}")
+        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not 0 < noise_std < math.inf:
+            raise ValueError(f"noise_std must be a finite float > 0, got {noise_std!r}")
         if getattr(velocity, "learned_noise", None) != (noise == "learned"):
             raise ValueError(f"noise={noise!r} needs a velocity net built with learned_noise={noise == 'learned'}")
         self.velocity = velocity
         self.obs_dim: int = velocity.obs_dim
         self.act_dim: int = velocity.act_dim
-        self.steps = int(steps)
+        self.steps = steps
         self.noise = noise
         self.noise_std = float(noise_std)
         self.log_prob_mode = log_prob
@@ -150,8 +154,8 @@ class FlowPolicy(nn.Module):
             return self.noise_std
         if self.noise == "learned":
             raise ValueError("noise_std cannot be given to a policy with noise='learned' (σ comes from the net)")
-        if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or not noise_std > 0:
-            raise ValueError(f"noise_std must be a float > 0, got {noise_std!r}")
+        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not 0 < noise_std < math.inf:
+            raise ValueError(f"noise_std must be a finite float > 0, got {noise_std!r}")
         return float(noise_std)
 
     # ------------------------------------------------------------------ rollout
