@@ -44,6 +44,8 @@ class CollectConfig:
     noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5])  # scripted demos: action noise
     out: str = "datasets/lift_demos.hdf5"  # file (robomimic/d4rl) or Minari dataset id
     horizon: int | None = None  # episode step limit (None: the env's default)
+    policy_run: str | None = None  # minari: a run dir (or checkpoint) whose agent acts; None: uniform random
+    ref_max_score: float | None = None  # minari: reference expert return stored as ref_max_score
 
 
 @dataclass
@@ -62,13 +64,11 @@ class PolicyConfig:
     bc_target: Literal["pretanh", "raw"] = "pretanh"  # flow-matching target space for dataset actions
 
     def policy_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`pipeline.policies.make_policy` (a Gaussian takes only its MLP shape)."""
-        if self.kind == "gaussian":
-            return {"hidden": self.hidden, "layers": self.layers}
-        kw = {k: getattr(self, k) for k in ("steps", "noise", "noise_std", "log_prob", "hidden", "layers", "bc_target")}
-        if self.kind == "flow_t":
-            kw.update(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, norm=self.norm)
-        return kw
+        """Keyword arguments for :func:`pipeline.policies.make_policy`: the options this kind accepts."""
+        from pipeline.policies import policy_options
+
+        skip = {"noise_std"} if self.noise == "learned" else set()  # a learned sigma has no fixed value
+        return {k: getattr(self, k) for k in policy_options(self.kind) if hasattr(self, k) and k not in skip}
 
 
 @dataclass
@@ -97,6 +97,8 @@ class SACConfig:
     actor_noise_std: float | None = None  # fixed-sigma override in the actor loss (None: policy.noise_std)
     act_noise_std: float | None = None  # fixed-sigma override when acting and in critic targets
     bc_weight: float = 0.0  # lambda_bc on ||a_pi - a_data||^2 in the actor loss (O2O)
+    reward_scale: float = 1.0  # training rewards are r * scale + shift, for dataset and env alike
+    reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
     q_agg: Literal["min", "mean"] = "min"  # ensemble reduction in targets and actor loss (public O2O code: mean)
     max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
 
@@ -134,8 +136,6 @@ class FinetuneConfig:
     buffer_size: int = 1_000_000  # online transitions kept
     buffer_mode: Literal["seeded", "mixed"] = "seeded"  # offline data inside the buffer, or a fixed offline ratio
     offline_ratio: float = 0.5  # mixed: share of each batch drawn from the offline data
-    reward_scale: float = 1.0  # rewards are r * scale + shift, for dataset and env alike
-    reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
     eval_every: int = 5000  # env steps between evaluations
     eval_episodes: int = 10
     log_every: int = 1000  # env steps between metric rows
@@ -375,11 +375,35 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 def load_config(preset: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults, then ``configs/<preset>.yaml``, then ``dotted.key=value`` overrides; validated."""
+    """Defaults, then ``configs/<preset>.yaml``, then overrides; validated.
+
+    ``overrides`` is a list of ``dotted.key=value`` strings (the CLI's ``--set``) or a nested mapping of config
+    sections (``params.yaml``).
+    """
     data: dict[str, Any] = load_preset(preset) if preset else {}
-    if overrides:
+    if isinstance(overrides, dict):
+        data = deep_merge(data, overrides)
+    elif overrides:
         data = deep_merge(data, overrides_to_dict(overrides))
     return from_dict(Config, data)
+
+
+def load_params(path: str | Path = "params.yaml", extra: list[str] | None = None) -> Config:
+    """The config a DVC stage runs: ``params.yaml``'s ``preset`` plus its other sections as overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no params file at {path}")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must hold a mapping, got {type(params).__name__}")
+    preset = params.pop("preset", None)
+    data = deep_merge(load_preset(preset) if preset else {}, params)
+    if extra:
+        data = deep_merge(data, overrides_to_dict(extra))
+    try:
+        return from_dict(Config, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -18,6 +18,8 @@ from pipeline.checkpoint import atomic_write_bytes
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if torch.is_tensor(value):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -67,7 +69,7 @@ class CSVLog:
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    text = json.dumps({k: _plain(v) for k, v in data.items()}, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(_plain(data), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 

@@ -21,7 +21,7 @@ from pipeline.config import Config
 from pipeline.evaluation import evaluate
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
-from pipeline.sac import SACAgent, SACUpdater
+from pipeline.sac import SACAgent, SACUpdater, training_reward
 
 TRAIN_COLUMNS = [
     "env_step", "updates", "episodes", "episode_return", "episode_success", "alpha", "entropy", "actor_loss",
@@ -82,8 +82,8 @@ class OnlineRunner:
         if info.get("env_error"):
             self.env_errors += 1
         ft = self.cfg.finetune
-        self.sampler.online.add(self.obs, action, float(reward) * ft.reward_scale + ft.reward_shift, next_obs,
-                                float(terminated))
+        self.sampler.online.add(self.obs, action, training_reward(float(reward), self.cfg.sac),
+                                next_obs, float(terminated))
         self.env_step += 1
         self.ep_return += float(reward)
         self.ep_success = self.ep_success or bool(info.get("success", False))

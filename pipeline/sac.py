@@ -36,6 +36,11 @@ class Batch(NamedTuple):
     terminals: torch.Tensor  # [B], 1 where the episode truly ended (no bootstrap)
 
 
+def training_reward(reward: torch.Tensor | float, cfg: SACConfig) -> torch.Tensor | float:
+    """The reward SAC trains on: ``r * reward_scale + reward_shift`` (dataset and environment alike)."""
+    return reward * cfg.reward_scale + cfg.reward_shift
+
+
 class SACAgent(nn.Module):
     """Actor, critic (with a target copy unless CrossQ), temperature and the observation normalizer.
 

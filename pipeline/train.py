@@ -17,10 +17,12 @@ from pipeline.checkpoint import find_checkpoint, load_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
 from pipeline.data.dataset import TransitionDataset, check_compatible, load_dataset
 from pipeline.envs import make_env
+from pipeline.evaluation import evaluate
 from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
 from pipeline.metrics import write_json
 from pipeline.progress import stage_progress
 from pipeline.runtime import resolve_device, seed_everything, set_threads
+from pipeline.sac import SACAgent
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
@@ -139,3 +141,37 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
                 metrics[f"eval_{mode}_{k}"] = result[k]
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_checkpoints(cfg: Config, checkpoints: dict[str, str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Evaluate each named run's final agent on ``cfg.evaluate.episodes`` fixed-seed episodes of the finetune env.
+
+    Writes ``metrics.json`` as ``{name: {deterministic: {...}, stochastic: {...}}}`` (plus normalized scores
+    when the dataset has reference returns) and returns it.
+    """
+    out = _prepare(cfg, out_dir)
+    ft, ev = cfg.finetune, cfg.evaluate
+    dcfg = ft.dataset or cfg.pretrain.dataset
+    dataset = load_offline(dcfg) if dcfg is not None and (ft.from_pretrained or ft.dataset) else None
+    env = make_env(ft.env_id, seed=ev.seed, **env_options_for(ft.env_id, dataset, ft.env_options))
+    device = resolve_device(cfg.device)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    results: dict[str, Any] = {}
+    modes = [True, False] if ev.both else [ev.deterministic]
+    with stage_progress("evaluate", len(checkpoints) * len(modes) * ev.episodes, 0, cfg.trainer.progress) as bar:
+        done = 0
+        for name, path in checkpoints.items():
+            path = Path(path)
+            state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path, map_location=device)
+            agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac).to(device)
+            agent.load_state_dict(state["agent"])
+            results[name] = {}
+            for deterministic in modes:
+                r = evaluate(agent, env, ev.episodes, ev.seed, deterministic)
+                if dataset is not None and dataset.meta.get("ref_max_score") is not None:
+                    r["normalized_score"] = float(dataset.normalized_score(r["return_mean"]))
+                results[name][r["mode"]] = r
+                done += ev.episodes
+                bar(done)
+    write_json(out / "metrics.json", results)
+    return results

@@ -13,7 +13,7 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.config import Config
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
-from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, training_reward
 
 PRETRAIN_COLUMNS = [
     "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "alpha",
@@ -49,7 +49,7 @@ class OfflinePretrain(L.LightningModule):
         d, ft = self.dataset, self.cfg.finetune
         self.buffer = ReplayBuffer(len(d), d.obs_dim, d.act_dim, self.device)
         # the reward transform online training uses, so the pretrained critic's scale carries over
-        self.buffer.add(d.observations, d.actions, d.rewards * ft.reward_scale + ft.reward_shift,
+        self.buffer.add(d.observations, d.actions, training_reward(d.rewards, self.cfg.sac),
                         d.next_observations, d.terminals)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]

@@ -12,7 +12,7 @@ import torch
 from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
 from pipeline.config import Config
 from pipeline.online import OnlineRunner
-from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, training_reward
 
 
 class OnlineFinetune(L.LightningModule):
@@ -49,7 +49,7 @@ class OnlineFinetune(L.LightningModule):
         if self.offline is not None:
             offline_buf = ReplayBuffer(len(self.offline), obs_dim, act_dim, self.device)
             d = self.offline
-            offline_buf.add(d.observations, d.actions, d.rewards * ft.reward_scale + ft.reward_shift,
+            offline_buf.add(d.observations, d.actions, training_reward(d.rewards, self.cfg.sac),
                             d.next_observations, d.terminals)
         seeded_extra = len(self.offline) if self.offline is not None and ft.buffer_mode == "seeded" else 0
         online = ReplayBuffer(ft.buffer_size + seeded_extra, obs_dim, act_dim, self.device)

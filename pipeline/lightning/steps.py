@@ -20,9 +20,6 @@ class StepRange(IterableDataset):
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.stop))
 
-    def __len__(self) -> int:
-        return max(self.stop - self.start, 0)
-
 
 class StepDataModule(L.LightningDataModule):
     """Yields the integers ``start .. stop-1``; ``start`` is where a resumed run picks up."""

@@ -1,0 +1,219 @@
+"""``sacflow``: one subcommand per pipeline stage, plus ``presets`` and ``info``.
+
+Every stage subcommand takes ``--preset NAME`` (a file in ``configs/``), repeated ``--set dotted.key=value`` and
+``--out DIR``; ``--params params.yaml`` reads the config the way the DVC stages do. Running a stage again on the
+same ``--out`` after an interruption resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.tree import Tree
+
+from pipeline.config import Config, ConfigError, list_presets, load_config, load_params
+from pipeline.progress import console
+
+
+def _config(args: argparse.Namespace) -> Config:
+    extra = list(args.set or [])
+    if args.quiet:
+        extra.append("trainer.progress=false")
+    if args.params:
+        return load_params(args.params, extra)
+    return load_config(args.preset, extra)
+
+
+def _show_config(cfg: Config, quiet: bool) -> None:
+    if quiet:
+        return
+    tree = Tree(f"[bold]config[/bold] {cfg.name}")
+
+    def add(node: Tree, data: dict[str, Any]) -> None:
+        for k, v in data.items():
+            if isinstance(v, dict) and v:
+                add(node.add(f"[cyan]{k}"), v)
+            else:
+                node.add(f"{k} = {v!r}")
+
+    add(tree, cfg.to_dict())
+    console.print(tree)
+
+
+def _summary(title: str, metrics: dict[str, Any]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value")
+
+    def add(prefix: str, data: dict[str, Any]) -> None:
+        for k, v in data.items():
+            if isinstance(v, dict):
+                add(f"{prefix}{k}.", v)
+            else:
+                table.add_row(prefix + k, f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    add("", metrics)
+    console.print(table)
+
+
+def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.collect import collect
+
+    cfg = _config(args)
+    _show_config(cfg, args.quiet)
+    return collect(cfg, args.out)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.train import pretrain
+
+    cfg = _config(args)
+    _show_config(cfg, args.quiet)
+    return pretrain(cfg, args.out)
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.train import finetune
+
+    cfg = _config(args)
+    _show_config(cfg, args.quiet)
+    return finetune(cfg, args.out, pretrained=args.pretrained)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.train import evaluate_checkpoints
+
+    cfg = _config(args)
+    runs = {}
+    for item in args.run or []:
+        if "=" not in item:
+            raise ConfigError(f"--run {item!r} must look like NAME=DIR (e.g. finetuned=runs/finetune)")
+        name, path = item.split("=", 1)
+        runs[name] = path
+    if not runs:
+        raise ConfigError("evaluate needs at least one --run NAME=DIR")
+    return evaluate_checkpoints(cfg, runs, args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.report import build_report
+
+    cfg = _config(args)
+    result = build_report(args.evaluate, args.finetune, args.pretrain, args.out, title=f"sacflow: {cfg.name}")
+    console.print(f"report written to {Path(args.out) / 'report.md'}")
+    return {"figures": len(result["figures"]), "rows": len(result["rows"])}
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    table = Table(title="presets (configs/)")
+    table.add_column("name")
+    table.add_column("env")
+    table.add_column("policy")
+    table.add_column("dataset")
+    for name in list_presets():
+        cfg = load_config(name)
+        table.add_row(name, cfg.finetune.env_id, cfg.policy.kind,
+                      f"{cfg.pretrain.dataset.format}:{cfg.pretrain.dataset.source}"
+                      if cfg.finetune.from_pretrained else "(online from scratch)")
+    console.print(table)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import gymnasium
+    import lightning
+    import minari
+    import mujoco
+    import torch
+
+    import pipeline
+
+    table = Table(title="sacflow info")
+    table.add_column("item")
+    table.add_column("value")
+    rows = {
+        "sacflow": pipeline.__version__, "python": platform.python_version(), "torch": torch.__version__,
+        "lightning": lightning.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__,
+        "minari": minari.__version__, "cuda available": str(torch.cuda.is_available()),
+        "device (auto)": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch threads": str(torch.get_num_threads()), "cpu cores": str(os.cpu_count()),
+    }
+    try:
+        import robosuite
+
+        rows["robosuite"] = robosuite.__version__
+    except Exception as e:  # noqa: BLE001 - report, don't fail
+        rows["robosuite"] = f"not importable: {e}"
+    if torch.cuda.is_available():
+        rows["gpu"] = torch.cuda.get_device_name(0)
+    for k, v in rows.items():
+        table.add_row(k, v)
+    console.print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sacflow", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, help_: str, out: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--preset", default="default", help="config preset: a name in configs/ (see `sacflow presets`)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        p.add_argument("--params", help="read the config from a DVC params file instead of --preset")
+        p.add_argument("--out", default=out, help=f"output directory (default {out}); rerun on it to resume")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or config tree (CI, logs)")
+        return p
+
+    stage("collect", "make the dataset: scripted robosuite demos or a Minari dataset", "runs/collect")\
+        .set_defaults(func=cmd_collect)
+    stage("pretrain", "offline pretraining: flow-matching BC + SAC critic + regularized actor", "runs/pretrain")\
+        .set_defaults(func=cmd_pretrain)
+    p = stage("finetune", "online SAC fine-tuning (or training from scratch)", "runs/finetune")
+    p.add_argument("--pretrained", help="pretrain run directory (or checkpoint file) to start from")
+    p.set_defaults(func=cmd_finetune)
+    p = stage("evaluate", "evaluate trained agents on fixed seeds", "runs/evaluate")
+    p.add_argument("--run", action="append", metavar="NAME=DIR", help="a run to evaluate (repeatable)")
+    p.set_defaults(func=cmd_evaluate)
+    p = stage("report", "markdown report with results table and learning curves", "runs/report")
+    p.add_argument("--evaluate", default="runs/evaluate", help="evaluate stage output directory")
+    p.add_argument("--finetune", default="runs/finetune", help="finetune stage output directory")
+    p.add_argument("--pretrain", default="runs/pretrain", help="pretrain stage output directory")
+    p.set_defaults(func=cmd_report)
+    sub.add_parser("presets", help="list the config presets").set_defaults(func=cmd_presets)
+    sub.add_parser("info", help="versions, device and threads").set_defaults(func=cmd_info)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Lightning's banners and data-loader advice say nothing about an RL stage."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    try:
+        result = args.func(args)
+    except ConfigError as e:
+        console.print(f"[red]config error:[/red] {e}")
+        return 2
+    except ValueError as e:  # DatasetError and friends: a named file/key and what was expected
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    if isinstance(result, dict) and result:
+        _summary(f"sacflow {args.command}", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The ``collect`` stage: make a dataset with the library that owns its format.
+
+- ``robosuite_demos``: scripted robosuite demonstrations at several noise levels, written in the robomimic layout.
+- ``minari``: a Minari dataset recorded with ``minari.DataCollector`` from a uniform-random policy or a trained
+  agent (``collect.policy_run``), so "medium"/"expert"-like datasets can be made locally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import Config, ConfigError
+from pipeline.metrics import write_json
+from pipeline.progress import stage_progress
+from pipeline.runtime import seed_everything
+
+ROBOSUITE_PREFIX = "robosuite/"
+
+
+def _agent_policy(cfg: Config, run: str, space: Any, obs_dim: int) -> Any:
+    """A trained agent acting in the raw env: its [-1, 1] actions mapped onto ``space``'s bounds."""
+    from pipeline.sac import SACAgent
+
+    path = Path(run)
+    state = load_checkpoint(path / "checkpoints" / "last.pt" if path.is_dir() else path)
+    agent = SACAgent(obs_dim, space.shape[0], cfg.policy, cfg.critic, cfg.sac)
+    agent.load_state_dict(state["agent"])
+    agent.eval()
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32)).unsqueeze(0)
+        a = agent.act(obs_t, deterministic=False)[0].numpy()
+        return space.low + (a + 1.0) * 0.5 * (space.high - space.low)
+
+    return policy
+
+
+def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
+    """Make ``cfg.collect.out``; write the collection statistics to ``out_dir/metrics.json``."""
+    c = cfg.collect
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if c.kind == "none":
+        stats: dict[str, Any] = {"kind": "none"}
+    elif c.kind == "robosuite_demos":
+        from pipeline.data.robomimic_writer import collect_robosuite_demos
+
+        if not c.env_id.startswith(ROBOSUITE_PREFIX):
+            raise ConfigError(f"config key 'collect.env_id' = {c.env_id!r}: robosuite_demos needs a "
+                              f"'robosuite/<Task>' id")
+        with stage_progress("collect", c.episodes, 0, cfg.trainer.progress) as bar:
+            stats = collect_robosuite_demos(c.env_id[len(ROBOSUITE_PREFIX):], c.out, c.episodes,
+                                            noise_levels=c.noise_levels, seed=cfg.seed, horizon=c.horizon,
+                                            progress=lambda done, total: bar(done))
+        stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
+    else:
+        import gymnasium as gym
+
+        from pipeline.data.minari_io import collect_minari
+
+        env = gym.make(c.env_id, max_episode_steps=c.horizon) if c.horizon else gym.make(c.env_id)
+        policy = None
+        if c.policy_run is not None:
+            policy = _agent_policy(cfg, c.policy_run, env.action_space, env.observation_space.shape[0])
+        path = collect_minari(env, c.out, policy=policy, n_episodes=c.episodes, seed=cfg.seed,
+                              ref_max_score=c.ref_max_score, overwrite=True,
+                              algorithm_name="uniform random" if policy is None else f"sacflow agent {c.policy_run}")
+        stats = {"kind": "minari", "dataset_id": c.out, "path": str(path), "episodes": c.episodes}
+    write_json(out / "metrics.json", stats)
+    return stats
