@@ -20,13 +20,17 @@ class CheckpointError(RuntimeError):
     """No readable checkpoint exists where one was expected."""
 
 
-def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    The file object is opened ``w+b`` (h5py reads back what it writes), so a crash leaves either the old file
+    or the new one, never a torn one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -51,7 +55,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     if path.exists():
         os.replace(path, previous_path(path))
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoint import atomic_write_bytes
+from pipeline.checkpoint import atomic_write
 
 
 def _plain(value: Any) -> Any:
@@ -46,7 +46,7 @@ class CSVLog:
             w.writerows(rows)
             f.write(text.getvalue().encode())
 
-        atomic_write_bytes(self.path, write)
+        atomic_write(self.path, write)
 
     def rows(self) -> list[dict[str, str]]:
         with self.path.open(newline="") as f:
@@ -70,7 +70,7 @@ class CSVLog:
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     text = json.dumps(_plain(data), indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.checkpoint import atomic_write
 from pipeline.data.dataset import (
     DatasetError,
     TransitionDataset,
-    atomic_write,
     check_actions,
     check_array,
     check_flags,

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -25,6 +24,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from pipeline.checkpoint import atomic_write
 from pipeline.data.normalization import NormalizationStats, compute_normalization
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -329,27 +329,6 @@ def load_dataset(fmt: str, source: str | os.PathLike[str], **options: Any) -> Tr
 
 
 # --------------------------------------------------------------------- helpers shared by the loaders
-def atomic_write(path: str | os.PathLike[str], write: Any) -> None:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as f:  # readable too: h5py reads back what it writes
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a crash too
-    finally:
-        os.close(dir_fd)
-
-
 def check_array(arr: Any, source: str | os.PathLike[str], key: str, *, ndim: tuple[int, ...],
                 length: int | None = None, width: int | None = None) -> np.ndarray:
     """Validate a raw array read from a file and return it as float64 numpy.

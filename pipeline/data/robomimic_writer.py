@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.checkpoint import atomic_write
 
 DEFAULT_NOISE_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5)
 
@@ -129,11 +130,9 @@ def write_robomimic(
     train = [n for n in names if n not in set(valid)]
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
+
+    def write(fileobj: Any) -> None:
+        with h5py.File(fileobj, "w") as f:
             data = f.create_group("data")
             total = 0
             for name, ep in zip(names, episodes):
@@ -156,11 +155,8 @@ def write_robomimic(
             data.attrs["env_args"] = env_args_json
             f.create_dataset("mask/train", data=np.array(train, dtype="S"))
             f.create_dataset("mask/valid", data=np.array(valid, dtype="S"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
 
 
