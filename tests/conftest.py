@@ -1,0 +1,57 @@
+"""Shared fixtures: single-threaded torch, and tiny SAC agents built from the real config dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.config import CriticConfig, PolicyConfig, SACConfig
+from pipeline.sac import Batch, SACAgent
+
+OBS_DIM, ACT_DIM = 3, 2
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, which only spin on a shared two-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_agent(policy: dict[str, Any] | None = None, critic: dict[str, Any] | None = None,
+               seed: int = 0, **sac: Any) -> SACAgent:
+    """A SACAgent for ``obs [B, 3]``, ``action [B, 2]`` with 16-wide nets; keyword args are SACConfig fields."""
+    torch.manual_seed(seed)
+    pcfg = PolicyConfig(**{"kind": "flow_g", "hidden": 16, "d_model": 8, "n_heads": 2, "n_layers": 1,
+                           **(policy or {})})
+    ccfg = CriticConfig(**{"hidden": 16, **(critic or {})})
+    return SACAgent(OBS_DIM, ACT_DIM, pcfg, ccfg, SACConfig(**sac))
+
+
+def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch:
+    """A Batch of ``batch`` random transitions (actions in (-1, 1), no terminals); ``fields`` replace columns."""
+    g = torch.Generator().manual_seed(seed)
+    cols = {
+        "obs": torch.randn(batch, OBS_DIM, generator=g),
+        "actions": torch.rand(batch, ACT_DIM, generator=g) * 1.8 - 0.9,
+        "rewards": torch.randn(batch, generator=g),
+        "next_obs": torch.randn(batch, OBS_DIM, generator=g),
+        "terminals": torch.zeros(batch),
+    }
+    cols.update(fields)
+    return Batch(**cols)
+
+
+@pytest.fixture
+def make_agent() -> Callable[..., SACAgent]:
+    return tiny_agent
+
+
+@pytest.fixture
+def make_batch() -> Callable[..., Batch]:
+    return random_batch
