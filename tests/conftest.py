@@ -1,8 +1,8 @@
-"""Shared fixtures: single-threaded torch, and tiny SAC agents built from the real config dataclasses."""
+"""Shared test set-up: single-threaded torch (session fixture) and tiny SAC agents and batches (helpers)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -45,13 +45,3 @@ def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch
     }
     cols.update(fields)
     return Batch(**cols)
-
-
-@pytest.fixture
-def make_agent() -> Callable[..., SACAgent]:
-    return tiny_agent
-
-
-@pytest.fixture
-def make_batch() -> Callable[..., Batch]:
-    return random_batch

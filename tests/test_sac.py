@@ -1,0 +1,343 @@
+"""SAC losses and the update step: targets by hand, gradient paths, temperature, delays, Polyak, guards."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.buffers import ReplayBuffer
+from pipeline.config import SACConfig
+from pipeline.critics import QEnsemble
+from pipeline.sac import (
+    Batch,
+    NonFiniteError,
+    SACAgent,
+    SACUpdater,
+    actor_loss,
+    critic_loss,
+    make_optimizers,
+    training_reward,
+)
+from conftest import ACT_DIM, OBS_DIM, random_batch, tiny_agent
+
+# every policy kind and noise mode, and the CrossQ critic
+VARIANTS = [
+    ({"kind": "gaussian"}, {}),
+    ({"kind": "flow_mlp"}, {}),
+    ({"kind": "flow_mlp", "noise": "learned"}, {}),
+    ({"kind": "flow_g"}, {}),
+    ({"kind": "flow_g", "noise": "learned"}, {}),
+    ({"kind": "flow_t"}, {}),
+    ({"kind": "flow_t", "noise": "learned"}, {}),
+    ({"kind": "flow_g"}, {"kind": "crossq"}),
+    ({"kind": "flow_t", "noise": "learned"}, {"kind": "crossq"}),
+]
+IDS = [p["kind"] + ("-learned" if p.get("noise") == "learned" else "") + ("-crossq" if c else "") for p, c in VARIANTS]
+
+
+def params_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.named_parameters())
+
+
+def make_constant(critic: QEnsemble, values: list[float]) -> None:
+    """Member k outputs ``values[k]`` everywhere: Q no longer depends on the state or the action."""
+    last = critic.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(values).view(-1, 1, 1))
+
+
+def test_training_reward_scale_and_shift() -> None:
+    cfg = SACConfig(reward_scale=2.0, reward_shift=-1.0)
+    torch.testing.assert_close(training_reward(torch.tensor([0.0, 1.0]), cfg), torch.tensor([-1.0, 1.0]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Critic target
+
+
+def test_critic_target_by_hand_terminal_cuts_bootstrap_truncation_does_not() -> None:
+    agent = tiny_agent(gamma=0.9, init_alpha=0.5, act_noise_std=0.3)
+    mean, std = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([2.0, 0.5, 1.0])
+    agent.set_obs_normalization(mean, std)
+    make_constant(agent.critic_target, [1.0, -2.0])  # min over the ensemble: -2
+    # rows 0-3 were cut by a time limit (stored with terminal = 0), rows 4-7 ended for real
+    terminals = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    batch = random_batch(8, terminals=terminals)
+
+    torch.manual_seed(5)
+    loss, info = critic_loss(agent, batch)
+    torch.manual_seed(5)  # the same next-action noise, drawn by hand with the acting sigma
+    with torch.no_grad():
+        _, next_log_prob = agent.actor.sample((batch.next_obs - mean) / std, noise_std=0.3)
+        y = batch.rewards + 0.9 * (1 - terminals) * (-2.0 - 0.5 * next_log_prob)
+        q = agent.critic((batch.obs - mean) / std, batch.actions)
+    torch.testing.assert_close(info["target_mean"], y.mean())
+    torch.testing.assert_close(loss, ((q - y) ** 2).mean(dim=1).sum())
+    # the terminal rows' targets are the bare rewards; the truncated rows bootstrap
+    assert torch.equal(y[4:], batch.rewards[4:])
+    assert not torch.allclose(y[:4], batch.rewards[:4])
+
+    # a batch of only terminal rows: the target is exactly the reward, whatever the critics say
+    done = random_batch(8, terminals=torch.ones(8))
+    _, info = critic_loss(agent, done)
+    torch.testing.assert_close(info["target_mean"], done.rewards.mean())
+
+
+def test_critic_target_uses_mean_aggregation_when_configured() -> None:
+    agent = tiny_agent(gamma=0.5, q_agg="mean", learn_alpha=False, init_alpha=1e-8)
+    make_constant(agent.critic_target, [1.0, -3.0])
+    batch = random_batch(8)
+    _, info = critic_loss(agent, batch)
+    # alpha ~ 0: y = r + 0.5 * mean(1, -3)
+    torch.testing.assert_close(info["target_mean"], batch.rewards.mean() - 0.5, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Actor loss
+
+
+@pytest.mark.parametrize(("policy", "critic"), VARIANTS[:7], ids=IDS[:7])
+def test_entropy_term_alone_trains_the_actor(policy: dict, critic: dict) -> None:
+    """With a Q that ignores the action, every actor gradient comes from alpha * log pi: it must not be detached."""
+    agent = tiny_agent(policy, critic, init_alpha=0.7)
+    make_constant(agent.critic, [0.3, 0.8])
+    batch = random_batch(16)
+    torch.manual_seed(3)
+    loss, _ = actor_loss(agent, batch)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in agent.actor.named_parameters() if p.grad is not None}
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()]))
+    assert norm > 0
+    if policy.get("noise") == "learned":
+        sigma_grads = [g for k, g in grads.items() if "sigma" in k]
+        assert sigma_grads and all(g.abs().sum() > 0 for g in sigma_grads), "learned sigma gets no entropy gradient"
+
+    agent.actor.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
+    _, log_prob = agent.actor.sample(agent.normalize(batch.obs))
+    (0.7 * log_prob).mean().backward()
+    for k, p in agent.actor.named_parameters():
+        if k in grads:
+            torch.testing.assert_close(p.grad, grads[k], rtol=1e-4, atol=1e-6)
+
+
+def test_bc_weight_adds_lambda_times_action_mse() -> None:
+    agent = tiny_agent(actor_noise_std=0.05)
+    batch = random_batch(16)
+    obs = agent.normalize(batch.obs)
+    torch.manual_seed(4)
+    plain, _ = actor_loss(agent, batch, bc_weight=0.0)
+    torch.manual_seed(4)
+    with_bc, info = actor_loss(agent, batch, bc_weight=7.0)
+    torch.manual_seed(4)
+    bc_only, _ = actor_loss(agent, batch, bc_weight=7.0, q_weight=0.0)
+    torch.manual_seed(4)
+    actions, _ = agent.actor.sample(obs, noise_std=0.05)
+    mse = (actions - batch.actions).pow(2).mean()
+    torch.testing.assert_close(info["bc_mse"], mse.detach())
+    torch.testing.assert_close(with_bc - plain, 7.0 * mse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bc_only, 7.0 * mse)
+
+
+def test_bc_weight_default_comes_from_config() -> None:
+    agent = tiny_agent(bc_weight=3.0)
+    info = SACUpdater(agent, make_optimizers(agent)).update(random_batch(16))
+    assert "bc_mse" in info
+    info = SACUpdater(agent, make_optimizers(agent)).update(random_batch(16), bc_weight=0.0)
+    assert "bc_mse" not in info
+
+
+def test_pure_flow_bc_never_touches_the_critic() -> None:
+    agent = tiny_agent()
+    calls: list[str] = []
+    agent.critic.register_forward_pre_hook(lambda *_: calls.append("critic"))
+    agent.critic_target.register_forward_pre_hook(lambda *_: calls.append("target"))
+    batch = random_batch(16)
+    torch.manual_seed(6)
+    loss, info = actor_loss(agent, batch, bc_weight=0.0, q_weight=0.0, flow_weight=2.0)
+    torch.manual_seed(6)
+    expected = agent.actor.bc_loss(agent.normalize(batch.obs), batch.actions)
+    torch.testing.assert_close(loss, 2.0 * expected)
+    assert "log_prob" not in info and "actor_q" not in info
+
+    critic, target, actor = params_of(agent.critic), params_of(agent.critic_target), params_of(agent.actor)
+    alpha = agent.alpha.item()
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updater.update(batch, bc_weight=0.0, q_weight=0.0, flow_weight=1.0, train_critic=False)
+    assert calls == []
+    assert not changed(critic, agent.critic) and not changed(target, agent.critic_target)
+    assert changed(actor, agent.actor)
+    assert agent.alpha.item() == alpha
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Temperature, policy delay, Polyak averaging
+
+
+@pytest.mark.parametrize(("target_entropy", "direction"), [(50.0, 1), (-50.0, -1)])
+def test_alpha_moves_towards_target_entropy(target_entropy: float, direction: int) -> None:
+    """Entropy (~ -log pi, a few nats here) below the target raises alpha; above it lowers alpha."""
+    agent = tiny_agent(target_entropy=target_entropy, alpha_lr=0.01)
+    before = agent.alpha.item()
+    info = SACUpdater(agent, make_optimizers(agent)).update(random_batch(16))
+    assert abs(info["entropy"].item()) < 20
+    assert math.copysign(1, agent.alpha.item() - before) == direction
+    # Adam's first step moves log alpha by exactly lr
+    assert math.log(agent.alpha.item()) - math.log(before) == pytest.approx(direction * 0.01, rel=1e-4)
+
+
+def test_alpha_fixed_when_not_learned() -> None:
+    agent = tiny_agent(learn_alpha=False, init_alpha=0.3)
+    SACUpdater(agent, make_optimizers(agent)).update(random_batch(16))
+    assert agent.alpha.item() == pytest.approx(0.3)
+
+
+def test_policy_delay_updates_actor_every_second_call() -> None:
+    agent = tiny_agent(policy_delay=2)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    for call in range(1, 5):
+        actor, critic, alpha = params_of(agent.actor), params_of(agent.critic), agent.alpha.item()
+        info = updater.update(random_batch(16, seed=call))
+        actor_turn = call % 2 == 0
+        assert changed(actor, agent.actor) == actor_turn, call
+        assert (agent.alpha.item() != alpha) == actor_turn, call
+        assert ("actor_grad_norm" in info) == actor_turn, call
+        assert changed(critic, agent.critic), call
+    assert updater.updates == 4
+
+
+def test_polyak_update_of_target_critic() -> None:
+    agent = tiny_agent(tau=0.25)
+    target = params_of(agent.critic_target)
+    SACUpdater(agent, make_optimizers(agent)).update(random_batch(16))
+    online = dict(agent.critic.named_parameters())
+    for k, p in agent.critic_target.named_parameters():
+        torch.testing.assert_close(p, 0.75 * target[k] + 0.25 * online[k])
+        assert not p.requires_grad
+    assert changed(target, agent.critic_target)
+
+
+def test_crossq_has_no_target_and_actor_reads_running_stats() -> None:
+    agent = tiny_agent(critic={"kind": "crossq"})
+    assert agent.critic_target is None
+    updater = SACUpdater(agent, make_optimizers(agent))
+    steps_before = int(agent.critic.net[0].steps)
+    updater.update(random_batch(16))
+    # one joint critic pass; the actor's evaluation of Q does not move the statistics
+    assert int(agent.critic.net[0].steps) == steps_before + 1
+    assert agent.critic.training
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-finite guard
+
+
+def nan_reward_batch(seed: int = 2) -> Batch:
+    return random_batch(16, seed=seed, rewards=torch.full((16,), float("nan")))
+
+
+def test_nan_batch_is_skipped_counted_and_leaves_weights_unchanged() -> None:
+    agent = tiny_agent(max_nonfinite=3)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updater.update(random_batch(16))
+    critic = params_of(agent.critic)
+    critic_opt = updater.opt.critic.state_dict()["state"][0]["exp_avg"].clone()
+    info = updater.update(nan_reward_batch())
+    assert updater.skipped == 1
+    assert not torch.isfinite(info["critic_grad_norm"])
+    assert not changed(critic, agent.critic)
+    assert torch.equal(updater.opt.critic.state_dict()["state"][0]["exp_avg"], critic_opt)
+    assert all(torch.isfinite(p).all() for p in agent.parameters())
+
+
+def test_consecutive_nonfinite_critic_updates_raise_naming_last_finite_norm() -> None:
+    # policy_delay > max_nonfinite: only critic steps run, so only they feed the streak
+    agent = tiny_agent(max_nonfinite=3, policy_delay=100)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    norm = updater.update(random_batch(16))["critic_grad_norm"].item()
+    updater.update(nan_reward_batch(3))
+    updater.update(nan_reward_batch(4))
+    with pytest.raises(NonFiniteError, match=r"3 consecutive non-finite critic updates") as err:
+        updater.update(nan_reward_batch(5))
+    assert f"last finite gradient norm was {norm:.4g}" in str(err.value)
+    assert updater.skipped == 3
+
+
+def test_a_finite_update_resets_the_streak() -> None:
+    agent = tiny_agent(max_nonfinite=2, policy_delay=100)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    for seed in range(4):
+        updater.update(nan_reward_batch(seed))
+        updater.update(random_batch(16, seed=seed))
+    assert updater.skipped == 4 and updater.nonfinite_streak == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pipeline/sac.py SACUpdater._step: critic and actor steps share one nonfinite_streak, and the (finite) actor "
+    "step after each poisoned critic step resets it, so a critic that is non-finite on every update never raises "
+    "NonFiniteError with policy_delay=1 (the run goes on with a frozen critic)"))
+def test_nan_rewards_every_update_raise_with_default_policy_delay() -> None:
+    agent = tiny_agent(max_nonfinite=3)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    with pytest.raises(NonFiniteError):
+        for seed in range(6):
+            updater.update(nan_reward_batch(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every policy kind, and determinism
+
+
+@pytest.mark.parametrize(("policy", "critic"), VARIANTS, ids=IDS)
+def test_update_runs_for_every_policy_and_critic(policy: dict, critic: dict) -> None:
+    sac = {} if policy.get("noise") == "learned" else {"actor_noise_std": 0.05, "act_noise_std": 0.02}
+    agent = tiny_agent(policy, critic, bc_weight=1.0, **sac)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    actor, critic_p, alpha = params_of(agent.actor), params_of(agent.critic), agent.alpha.item()
+    for seed in range(3):
+        info = updater.update(random_batch(16, seed=seed))
+        for k, v in info.items():
+            assert torch.isfinite(v).all(), k
+    assert changed(actor, agent.actor) and changed(critic_p, agent.critic) and agent.alpha.item() != alpha
+    assert updater.skipped == 0
+    for key in ("critic_loss", "actor_loss", "actor_grad_norm", "critic_grad_norm", "entropy", "bc_mse"):
+        assert key in info
+    action = agent.act(torch.randn(5, OBS_DIM), deterministic=True)
+    assert action.shape == (5, ACT_DIM) and action.abs().max() <= 1
+
+
+def seeded_run(seed: int, policy: dict, critic: dict) -> dict[str, torch.Tensor]:
+    agent = tiny_agent(policy, critic, seed=0)
+    buffer = ReplayBuffer(64, OBS_DIM, ACT_DIM)
+    data = random_batch(64, seed=9)
+    buffer.add(*data)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    torch.manual_seed(seed)
+    for _ in range(4):
+        updater.update(buffer.sample(16))
+    return agent.state_dict()
+
+
+@pytest.mark.parametrize(("policy", "critic"), [({"kind": "flow_t"}, {}), ({"kind": "flow_g"}, {"kind": "crossq"})])
+def test_seeded_updates_are_bit_identical_on_cpu(policy: dict, critic: dict) -> None:
+    a, b = seeded_run(1, policy, critic), seeded_run(1, policy, critic)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = seeded_run(2, policy, critic)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_agent_normalizes_observations_when_acting() -> None:
+    agent = tiny_agent()
+    obs = torch.randn(4, OBS_DIM)
+    agent.set_obs_normalization(torch.full((OBS_DIM,), 3.0), torch.full((OBS_DIM,), 2.0))
+    direct = agent.actor.act((obs - 3.0) / 2.0, deterministic=True)
+    torch.testing.assert_close(agent.act(obs, deterministic=True), direct)
+    assert isinstance(agent, SACAgent)
