@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from pipeline.config import Config, ConfigError, list_presets, load_config, load_params
-from pipeline.progress import console
+from pipeline.progress import console, results_console
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -61,7 +61,7 @@ def _summary(title: str, metrics: dict[str, Any]) -> None:
                 table.add_row(prefix + k, f"{v:.4g}" if isinstance(v, float) else str(v))
 
     add("", metrics)
-    console.print(table)
+    results_console.print(table)
 
 
 def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
@@ -107,9 +107,9 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.report import build_report
 
     cfg = _config(args)
-    result = build_report(args.evaluate, args.finetune, args.pretrain, args.out, title=f"sacflow: {cfg.name}")
+    build_report(args.evaluate, args.finetune, args.pretrain, args.out, title=f"sacflow: {cfg.name}")
     console.print(f"report written to {Path(args.out) / 'report.md'}")
-    return {"figures": len(result["figures"]), "rows": len(result["rows"])}
+    return {}  # the report's own table is the summary
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -123,7 +123,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
         table.add_row(name, cfg.finetune.env_id, cfg.policy.kind,
                       f"{cfg.pretrain.dataset.format}:{cfg.pretrain.dataset.source}"
                       if cfg.finetune.from_pretrained else "(online from scratch)")
-    console.print(table)
+    results_console.print(table)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -155,7 +155,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         rows["gpu"] = torch.cuda.get_device_name(0)
     for k, v in rows.items():
         table.add_row(k, v)
-    console.print(table)
+    results_console.print(table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,10 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Lightning's banners and data-loader advice say nothing about an RL stage."""
+    import lightning  # noqa: F401 - Lightning sets its loggers' levels on import; override them afterwards
+
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def main(argv: list[str] | None = None) -> int:

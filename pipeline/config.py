@@ -362,15 +362,23 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    """Read ``configs/NAME.yaml`` (or a path to a YAML file) as a nested dict."""
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read ``configs/NAME.yaml`` (or a path to a YAML file) as a nested dict.
+
+    A preset may start from another one with ``base: OTHER`` and override only what differs.
+    """
     path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}: no file {path}; available presets: {list_presets()}")
+    if name in _seen:
+        raise ConfigError(f"preset {name!r} is its own base (chain: {' -> '.join((*_seen, name))})")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"preset file {path} must hold a mapping of config sections, got {type(data).__name__}")
-    data.setdefault("name", path.stem)
+    base = data.pop("base", None)
+    if base is not None:
+        data = deep_merge(load_preset(base, (*_seen, name)), data)
+    data["name"] = data.get("name") if data.get("name") and base is None else path.stem
     return data
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, config trees, errors
+results_console = Console()  # what a command outputs: result tables
 
 
 def progress_enabled(requested: bool) -> bool:

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.metrics import read_json, write_json  # noqa: E402
-from pipeline.progress import console  # noqa: E402
+from pipeline.progress import results_console  # noqa: E402
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -114,5 +114,5 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
         table.add_column(c)
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in cols))
-    console.print(table)
+    results_console.print(table)
     return {"rows": rows, "figures": [str(p) for p in figures]}

@@ -1,0 +1,86 @@
+"""Update throughput (SAC updates/s) of every policy kind, measured in one process; ratios against Gaussian SAC.
+
+    python bench/update_throughput.py [--steps 1 4 10] [--batch 256 1024] [--threads 1 2] [--compile]
+                                      [--device cpu|cuda] [--repeats 30] [--hidden 256]
+
+Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak). The headline
+is the ratio flow_x / gaussian at the same K, batch and threads; absolute numbers are only comparable within one
+run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pipeline.config import load_config
+from pipeline.sac import Batch, SACAgent, SACUpdater, make_optimizers
+
+KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
+OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
+
+
+def make_updater(kind: str, steps: int, hidden: int, device: torch.device) -> SACUpdater:
+    cfg = load_config(None, [f"policy.kind={kind}", f"policy.steps={steps}", f"policy.hidden={hidden}",
+                             f"critic.hidden={hidden}"])
+    agent = SACAgent(OBS_DIM, ACT_DIM, cfg.policy, cfg.critic, cfg.sac).to(device)
+    return SACUpdater(agent, make_optimizers(agent))
+
+
+def random_batch(batch: int, device: torch.device) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    return Batch(torch.randn(batch, OBS_DIM, generator=g).to(device),
+                 (torch.rand(batch, ACT_DIM, generator=g) * 2 - 1).to(device),
+                 torch.randn(batch, generator=g).to(device), torch.randn(batch, OBS_DIM, generator=g).to(device),
+                 torch.zeros(batch, device=device))
+
+
+def updates_per_second(updater: SACUpdater, batch: Batch, repeats: int, compiled: bool) -> float:
+    update = torch.compile(updater.update) if compiled else updater.update
+    for _ in range(3 if not compiled else 6):
+        update(batch)
+    sync = torch.cuda.synchronize if batch.obs.is_cuda else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        update(batch)
+    sync()
+    return repeats / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, nargs="+", default=[4])
+    p.add_argument("--batch", type=int, nargs="+", default=[256])
+    p.add_argument("--threads", type=int, nargs="+", default=[1])
+    p.add_argument("--kinds", nargs="+", default=list(KINDS))
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(update)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"device={device} hidden={args.hidden} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}")
+    print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>8} {'upd/s':>8} {'vs gaussian':>11}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch_size in args.batch:
+            batch = random_batch(batch_size, device)
+            for steps in args.steps:
+                base: dict[str, float] = {}
+                for kind in args.kinds:
+                    modes = ["eager", "compiled"] if args.compile else ["eager"]
+                    for mode in modes:
+                        torch.manual_seed(0)
+                        ups = updates_per_second(make_updater(kind, steps, args.hidden, device), batch,
+                                                 args.repeats, mode == "compiled")
+                        base.setdefault(mode, ups if kind == "gaussian" else base.get(mode, float("nan")))
+                        ratio = ups / base[mode] if mode in base else float("nan")
+                        print(f"{threads:>7} {batch_size:>5} {steps:>3} {kind:>9} {mode:>8} {ups:>8.1f} "
+                              f"{ratio:>11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

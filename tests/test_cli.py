@@ -1,0 +1,86 @@
+"""The ``sacflow`` console script: bad input paths, presets, info, and resuming a stage on the same --out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.data import TransitionDataset, write_d4rl
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_unknown_preset_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["pretrain", "--preset", "no_such_preset", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "no_such_preset" in err and "smoke" in err  # names the preset and lists the available ones
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("sac.batchsize=3", "sac.batchsize"),
+    ("policy.steps=0", "policy.steps"),
+    ("sac.actor_lr=-1", "sac.actor_lr"),
+    ("policy.kind=flow_x", "policy.kind"),
+    ("finetune.total_steps=many", "finetune.total_steps"),
+    ("nodots", "nodots"),
+])
+def test_bad_overrides_name_the_key(override: str, named: str, capsys: pytest.CaptureFixture[str],
+                                    tmp_path: Path) -> None:
+    assert main(["pretrain", "--preset", "smoke", "--set", override, "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.out + captured.err
+    assert not (tmp_path / "checkpoints").exists()  # nothing written on a config error
+
+
+def test_missing_dataset_file_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nope.hdf5"
+    code = main(["pretrain", "--preset", "smoke", "--quiet", "--set", f"pretrain.dataset.source={missing}",
+                 "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "nope.hdf5" in captured.out + captured.err
+
+
+def test_presets_and_info_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["presets"]) == 0
+    assert "smoke" in capsys.readouterr().out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "threads" in out
+
+
+def _tiny_d4rl(path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    n, obs_dim, act_dim = 400, 5, 2
+    obs = torch.randn(n + 1, obs_dim, generator=g)
+    timeouts = torch.zeros(n)
+    timeouts[99::100] = 1
+    ds = TransitionDataset(obs[:-1], torch.rand(n, act_dim, generator=g) * 2 - 1, torch.randn(n, generator=g),
+                           obs[1:], torch.zeros(n), timeouts, meta={"source": str(path)})
+    return write_d4rl(ds, path)
+
+
+def test_pretrain_resumes_on_the_same_out(tmp_path: Path) -> None:
+    data = _tiny_d4rl(tmp_path / "tiny.hdf5")
+    args = ["pretrain", "--preset", "smoke", "--quiet", "--set", "pretrain.dataset.format=d4rl",
+            "--set", f"pretrain.dataset.source={data}", "--out", str(tmp_path / "run")]
+    assert main([*args, "--set", "pretrain.steps=20"]) == 0
+    first = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert first["resumed_from"] == 0
+    assert main([*args, "--set", "pretrain.steps=40"]) == 0
+    second = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert second["resumed_from"] == 20
+    rows = (tmp_path / "run/pretrain.csv").read_text().strip().splitlines()
+    steps = [int(r.split(",")[0]) for r in rows[1:]]
+    assert steps == [10, 20, 30, 40]  # no step logged twice, none lost
