@@ -1,0 +1,209 @@
+"""Checkpoints: atomic save with a previous generation, fallback on corruption; an online run killed mid-way
+and resumed ends bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import random_batch, tiny_agent
+from lightning.pytorch.core.optimizer import LightningOptimizer
+
+from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, previous_path, save_checkpoint
+from pipeline.config import load_config
+from pipeline.runtime import rng_state, set_rng_state
+from pipeline.sac import Optimizers, SACUpdater, make_optimizers
+from pipeline.train import finetune
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_save_keeps_previous_generation_and_no_temp_files(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt" / "last.pt"
+    assert find_checkpoint(path) is None
+    save_checkpoint({"step": 1, "w": torch.arange(3)}, path)
+    assert not previous_path(path).exists()
+    save_checkpoint({"step": 2, "w": torch.arange(4)}, path)
+    assert previous_path(path).name == "last.prev.pt"
+    assert torch.load(previous_path(path))["step"] == 1
+    state = load_checkpoint(path)
+    assert state["step"] == 2 and torch.equal(state["w"], torch.arange(4))
+    assert find_checkpoint(path) == path
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.prev.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_a_dict"])
+def test_unreadable_last_falls_back_to_previous_with_warning(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+    save_checkpoint({"step": 2, "big": torch.zeros(1000)}, path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 50)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        torch.save([1, 2], path)
+    with pytest.warns(UserWarning, match=r"last\.pt is unreadable.*resuming from .*last\.prev\.pt"):
+        state = load_checkpoint(path)
+    assert state["step"] == 1
+
+
+def test_both_generations_corrupt_raise(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"bad")
+    previous_path(path).write_bytes(b"worse")
+    with pytest.raises(CheckpointError, match=r"last\.pt.*last\.prev\.pt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pipeline/checkpoint.py load_checkpoint: when only <name>.prev.pt exists (a crash between save_checkpoint's "
+    "os.replace(path, prev) and the atomic write of the new file) the warning formats errors[0] of an empty list "
+    "and raises IndexError instead of resuming from the previous generation"))
+def test_only_previous_generation_left_by_a_crash_mid_save(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1}, path)
+    os.replace(path, previous_path(path))  # the state save_checkpoint leaves if killed before its write lands
+    assert find_checkpoint(path) == path
+    with pytest.warns(UserWarning):
+        assert load_checkpoint(path)["step"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Updater state: optimizer moments, counters
+
+
+def updates(updater: SACUpdater, n: int) -> None:
+    for seed in range(n):
+        updater.update(random_batch(16, seed=seed))
+
+
+def test_agent_and_updater_state_round_trip_continue_bit_identically(tmp_path: Path) -> None:
+    agent = tiny_agent(policy_delay=2)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updates(updater, 3)
+    save_checkpoint({"agent": agent.state_dict(), "updater": updater.state_dict(), "rng": rng_state()},
+                    tmp_path / "last.pt")
+    updates(updater, 3)
+
+    state = load_checkpoint(tmp_path / "last.pt")
+    other = tiny_agent(policy_delay=2, seed=1)
+    other.load_state_dict(state["agent"])
+    other_updater = SACUpdater(other, make_optimizers(other))
+    other_updater.load_state_dict(state["updater"])
+    set_rng_state(state["rng"])
+    assert other_updater.updates == 3
+    updates(other_updater, 3)
+    a, b = agent.state_dict(), other.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pipeline/sac.py:259-265 SACUpdater.load_state_dict calls load_state_dict on the LightningOptimizer wrappers "
+    "that pipeline/lightning/online.py:57 and offline.py:54 pass in (self.optimizers()); torch's "
+    "Optimizer.load_state_dict then sets `state`/`param_groups` on the wrapper only, the wrapped Adam keeps empty "
+    "moments and step 0, so a resumed run restarts Adam (and later checkpoints save the stale loaded moments)"))
+def test_updater_restores_optimizer_state_through_lightning_wrappers() -> None:
+    agent = tiny_agent()
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updates(updater, 2)
+    saved = updater.state_dict()
+
+    other = tiny_agent()
+    plain = make_optimizers(other)
+    wrapped = Optimizers(*(LightningOptimizer(o) for o in (plain.actor, plain.critic, plain.alpha)))
+    SACUpdater(other, wrapped).load_state_dict(saved)
+    for name in ("actor", "critic", "alpha"):
+        inner = getattr(plain, name).state_dict()["state"]
+        assert len(inner) == len(saved[name]["state"]) > 0, f"{name}: the wrapped optimizer has no loaded state"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kill and resume: Pendulum from scratch, SIGKILL after the first checkpoint, resume on the same directory
+
+OVERRIDES = [
+    "device=cpu", "threads=1", "seed=3", "trainer.accelerator=cpu", "trainer.progress=false",
+    "policy.kind=flow_g", "policy.hidden=32", "critic.hidden=32", "sac.batch_size=32",
+    "finetune.env_id=Pendulum-v1", "finetune.from_pretrained=false", "finetune.total_steps=600",
+    "finetune.checkpoint_every=200", "finetune.learning_starts=100", "finetune.random_steps=100",
+    "finetune.buffer_size=1000", "finetune.eval_episodes=1", "finetune.eval_every=300", "finetune.log_every=100",
+]
+CHILD = """
+import sys
+from pipeline.config import load_config
+from pipeline.train import finetune
+finetune(load_config(overrides=sys.argv[2:]), sys.argv[1])
+"""
+
+
+def run_killed_after_first_checkpoint(out: Path, timeout: float = 120.0) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(out), *OVERRIDES], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (out / "checkpoints" / "last.pt").exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"the run ended before its first checkpoint: {proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("no checkpoint appeared in time")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def env_steps(path: Path) -> list[str]:
+    with path.open() as f:
+        return [row["env_step"] for row in csv.DictReader(f)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "two causes, each enough to break it: (1) the Adam state never reaches the wrapped optimizers (see "
+    "test_updater_restores_optimizer_state_through_lightning_wrappers); (2) OnlineRunner.load_state_dict "
+    "(pipeline/online.py:159, called from on_fit_start) restores the torch RNG before Lightning creates the "
+    "StepDataModule's DataLoader iterator (pipeline/lightning/steps.py:33), whose __init__ draws one int64 from the "
+    "global torch generator for its base seed; the uninterrupted run made that draw before step 0, so the resumed "
+    "run's noise stream is shifted by one draw. Fixing both (DataLoader(generator=torch.Generator()) and loading "
+    "into LightningOptimizer.optimizer) makes this test pass"))
+def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
+    cfg = load_config(overrides=OVERRIDES)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    ref = finetune(cfg, straight)
+
+    run_killed_after_first_checkpoint(resumed)
+    first = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)
+    assert 200 <= first["env_step"] < 600
+    # Pendulum only truncates (time limit): nothing the run stored may cut the bootstrap
+    assert first["buffer"]["data"]["terminals"].abs().sum() == 0
+    metrics = finetune(cfg, resumed)
+    assert metrics["resumed_from"] == first["env_step"]
+
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)
+    assert a["env_step"] == b["env_step"] == 600 and a["updater"]["updates"] == b["updater"]["updates"] == 500
+    different = [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])]
+    assert different == [], f"weights differ after resume: {different}"
+    for k in a["buffer"]["data"]:
+        assert torch.equal(a["buffer"]["data"][k], b["buffer"]["data"][k]), k
+    assert metrics["eval_deterministic_return_mean"] == ref["eval_deterministic_return_mean"]
+    # the resumed logs hold every row once, as the uninterrupted run's do
+    for name in ("train.csv", "eval.csv"):
+        assert env_steps(resumed / name) == env_steps(straight / name), name
