@@ -74,7 +74,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             errors.append(f"{candidate}: {type(e).__name__}: {e}")
             continue
         if candidate != path:
-            warnings.warn(f"checkpoint {path} is unreadable ({errors[0]}); resuming from {candidate}", stacklevel=2)
+            why = errors[0] if errors else "missing: a save was interrupted"
+            warnings.warn(f"checkpoint {path} is unreadable ({why}); resuming from {candidate}", stacklevel=2)
         return state
     raise CheckpointError("no readable checkpoint: " + "; ".join(errors))
 

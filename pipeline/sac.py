@@ -253,13 +253,18 @@ class SACUpdater:
 
     def state_dict(self) -> dict[str, object]:
         return {"updates": self.updates, "skipped": self.skipped, "nonfinite_streak": self.nonfinite_streak,
-                "actor": self.opt.actor.state_dict(), "critic": self.opt.critic.state_dict(),
-                "alpha": self.opt.alpha.state_dict() if self.opt.alpha is not None else None}
+                "actor": _unwrap(self.opt.actor).state_dict(), "critic": _unwrap(self.opt.critic).state_dict(),
+                "alpha": _unwrap(self.opt.alpha).state_dict() if self.opt.alpha is not None else None}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.updates, self.skipped = int(state["updates"]), int(state["skipped"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
-        self.opt.actor.load_state_dict(state["actor"])
-        self.opt.critic.load_state_dict(state["critic"])
+        _unwrap(self.opt.actor).load_state_dict(state["actor"])
+        _unwrap(self.opt.critic).load_state_dict(state["critic"])
         if self.opt.alpha is not None and state["alpha"] is not None:
-            self.opt.alpha.load_state_dict(state["alpha"])
+            _unwrap(self.opt.alpha).load_state_dict(state["alpha"])
+
+
+def _unwrap(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside a LightningOptimizer: loading state into the wrapper would not reach Adam."""
+    return getattr(opt, "optimizer", opt)

@@ -129,7 +129,8 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
                                 resume_state=resume, progress=show)
         make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
     runner = module.runner
-    final = runner.run_eval() if ft.eval_episodes > 0 else {}
+    evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval
+    final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
     metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
                                "updates": runner.updater.updates, "episodes": runner.episodes,
                                "seconds": time.perf_counter() - t0, "resumed_from": start,

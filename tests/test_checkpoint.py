@@ -69,10 +69,6 @@ def test_both_generations_corrupt_raise(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "none.pt")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline/checkpoint.py load_checkpoint: when only <name>.prev.pt exists (a crash between save_checkpoint's "
-    "os.replace(path, prev) and the atomic write of the new file) the warning formats errors[0] of an empty list "
-    "and raises IndexError instead of resuming from the previous generation"))
 def test_only_previous_generation_left_by_a_crash_mid_save(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_checkpoint({"step": 1}, path)
@@ -111,11 +107,6 @@ def test_agent_and_updater_state_round_trip_continue_bit_identically(tmp_path: P
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline/sac.py:259-265 SACUpdater.load_state_dict calls load_state_dict on the LightningOptimizer wrappers "
-    "that pipeline/lightning/online.py:57 and offline.py:54 pass in (self.optimizers()); torch's "
-    "Optimizer.load_state_dict then sets `state`/`param_groups` on the wrapper only, the wrapped Adam keeps empty "
-    "moments and step 0, so a resumed run restarts Adam (and later checkpoints save the stale loaded moments)"))
 def test_updater_restores_optimizer_state_through_lightning_wrappers() -> None:
     agent = tiny_agent()
     updater = SACUpdater(agent, make_optimizers(agent))
@@ -175,14 +166,6 @@ def env_steps(path: Path) -> list[str]:
         return [row["env_step"] for row in csv.DictReader(f)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "two causes, each enough to break it: (1) the Adam state never reaches the wrapped optimizers (see "
-    "test_updater_restores_optimizer_state_through_lightning_wrappers); (2) OnlineRunner.load_state_dict "
-    "(pipeline/online.py:159, called from on_fit_start) restores the torch RNG before Lightning creates the "
-    "StepDataModule's DataLoader iterator (pipeline/lightning/steps.py:33), whose __init__ draws one int64 from the "
-    "global torch generator for its base seed; the uninterrupted run made that draw before step 0, so the resumed "
-    "run's noise stream is shifted by one draw. Fixing both (DataLoader(generator=torch.Generator()) and loading "
-    "into LightningOptimizer.optimizer) makes this test pass"))
 def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     cfg = load_config(overrides=OVERRIDES)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

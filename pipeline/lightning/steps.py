@@ -29,8 +29,10 @@ class StepDataModule(L.LightningDataModule):
         self.start, self.stop = start, stop
 
     def train_dataloader(self) -> DataLoader:
-        # batch_size=None: one plain int per training_step, no collation, no worker processes
-        return DataLoader(StepRange(self.start, self.stop), batch_size=None, collate_fn=_identity)
+        # batch_size=None: one plain int per training_step, no collation, no worker processes. A private
+        # generator: the default one would draw a base seed from the global RNG, shifting a resumed run's stream.
+        return DataLoader(StepRange(self.start, self.stop), batch_size=None, collate_fn=_identity,
+                          generator=torch.Generator())
 
 
 def _identity(x: int) -> torch.Tensor | int:
