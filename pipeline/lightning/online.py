@@ -66,6 +66,8 @@ class OnlineFinetune(L.LightningModule):
             self.runner.train_log.reset()
             self.runner.eval_log.reset()
             sampler.seed_offline()
+            if not self.from_scratch and self.eval_env is not None and cfg.finetune.eval_episodes > 0:
+                self.runner.run_eval()  # step 0 of the curve: the pretrained agent before any online step
 
     def training_step(self, step: int, batch_idx: int) -> None:
         self.runner.step()
