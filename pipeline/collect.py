@@ -17,7 +17,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.metrics import write_json
 from pipeline.progress import stage_progress
-from pipeline.runtime import seed_everything
+from pipeline.runtime import seed_everything, set_threads
 
 ROBOSUITE_PREFIX = "robosuite/"
 
@@ -45,6 +45,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     c = cfg.collect
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    set_threads(cfg.threads)
     seed_everything(cfg.seed)
     if c.kind == "none":
         stats: dict[str, Any] = {"kind": "none"}

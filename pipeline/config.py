@@ -155,7 +155,9 @@ class Config:
     name: str = "default"  # run name (the preset's)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    # torch CPU threads. One: RL-sized nets gain little from a second thread, and OpenMP threads that share cores
+    # with anything else (an env, another run) stall at every barrier, measured 30-100x slower. None: torch default.
+    threads: int | None = 1
     collect: CollectConfig = field(default_factory=CollectConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -199,6 +201,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("sac.act_noise_std", lambda v: v is None or v > 0, "> 0 or null"),
     ("sac.bc_weight", lambda v: v >= 0, ">= 0"),
     ("sac.max_nonfinite", lambda v: v >= 1, ">= 1"),
+    ("threads", lambda v: v is None or v >= 1, ">= 1 or null"),
     ("trainer.devices", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),
     ("collect.episodes", lambda v: v >= 1, ">= 1"),
