@@ -1,0 +1,54 @@
+"""Real learning: Flow-G and Flow-T agents trained from scratch by SAC swing Pendulum-v1 up.
+
+A uniformly random policy scores about -1200..-1500 on Pendulum; a swing-up that holds the pendulum upright scores
+above -200. The threshold -400 (mean over five fixed-seed deterministic evaluation episodes, epsilon = 0) is only
+reached by a policy that swings up from most starting angles.
+
+Hyperparameters (tuned on a shared two-core CPU, where each run takes 85-100 s): learned per-step noise, as in the
+public from-scratch code; a fixed temperature alpha = 0.02. With a learned alpha (target -|A|) the *path* entropy
+(K + 1 Gaussian terms) stays far above the target while sigma is large, so alpha keeps falling (to 0.002-0.05 within
+5000 steps in our runs); those agents swung up by ~4000 steps and then degraded (deterministic eval -730..-800 at
+5000-6000 steps). Learning rates 1e-3 and small nets, so that 5000 env steps (4500 updates) fit the time budget.
+Measured (5 episodes, seeds 0 / 1): Flow-G -101 / -123, Flow-T -104 / -100.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.train import finetune
+
+THRESHOLD = -400.0
+COMMON = [
+    "device=cpu", "threads=1", "trainer.accelerator=cpu", "trainer.progress=false",
+    "finetune.env_id=Pendulum-v1", "finetune.from_pretrained=false", "finetune.total_steps=5000",
+    "finetune.learning_starts=500", "finetune.random_steps=500", "finetune.buffer_size=10000",
+    "finetune.eval_every=1000000000", "finetune.eval_episodes=5", "finetune.log_every=1000",
+    "evaluate.both=false",
+    "policy.noise=learned", "critic.hidden=128", "sac.batch_size=128",
+    "sac.actor_lr=0.001", "sac.critic_lr=0.001", "sac.learn_alpha=false", "sac.init_alpha=0.02",
+]
+POLICIES = {
+    "flow_g": ["policy.kind=flow_g", "policy.hidden=64"],
+    "flow_t": ["policy.kind=flow_t", "policy.d_model=32", "policy.n_layers=1", "policy.n_heads=2"],
+}
+# seed 0 runs by default; seed 1 repeats it as a reliability check (deselect with -m "not slow")
+CASES = [pytest.param(kind, seed, marks=[pytest.mark.slow] if seed else [], id=f"{kind}-seed{seed}")
+         for kind in POLICIES for seed in (0, 1)]
+
+
+@pytest.mark.parametrize(("kind", "seed"), CASES)
+def test_flow_policy_learns_pendulum_swing_up(kind: str, seed: int, tmp_path: Path) -> None:
+    cfg = load_config(overrides=[*COMMON, *POLICIES[kind], f"seed={seed}"])
+    t0 = time.perf_counter()
+    metrics = finetune(cfg, tmp_path)
+    seconds = time.perf_counter() - t0
+    ret = metrics["eval_deterministic_return_mean"]
+    print(f"{kind} seed {seed}: deterministic eval return {ret:.1f} after {metrics['env_steps']} env steps, "
+          f"{seconds:.0f} s")
+    assert metrics["env_steps"] == 5000 and metrics["skipped_updates"] == 0
+    assert ret > THRESHOLD, f"{kind} (seed {seed}) reached only {ret:.1f} in 5000 env steps"
