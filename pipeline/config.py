@@ -9,6 +9,7 @@ runs the defaults.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -254,6 +255,9 @@ def validate(cfg: Config) -> None:
 # Building a Config from nested dicts, with type checks
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` converted to ``tp`` where lossless (int -> float), or raise ConfigError."""
     origin = typing.get_origin(tp)
@@ -291,6 +295,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected a mapping")
         return dict(value)
+    if tp in (float, int) and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 3e-4 and 1e6 (no dot, unsigned exponent) as strings
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected a number")
@@ -298,7 +304,7 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)  # YAML reads 1e6 as a float
+                return int(value)  # 1e6, 2.0
             raise ConfigError(f"config key {key!r} = {value!r} has the wrong type: expected an integer")
         return value
     if tp is bool:

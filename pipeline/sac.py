@@ -193,7 +193,7 @@ class SACUpdater:
         self.backward = backward or (lambda loss: loss.backward())
         self.updates = 0  # critic updates so far
         self.skipped = 0  # non-finite updates skipped in total
-        self.nonfinite_streak = 0
+        self.nonfinite_streak = {"critic": 0, "actor": 0}  # per optimizer: one's success must not hide the other
         self.last_finite_grad_norm = torch.zeros(())
         self.actor_params = list(agent.actor.parameters())
         self.critic_params = list(agent.critic.parameters())
@@ -207,17 +207,17 @@ class SACUpdater:
         # the one host sync per optimizer step: skipping a poisoned step needs a decision on the host
         if not bool(torch.isfinite(norm) & torch.isfinite(loss)):
             self.skipped += 1
-            self.nonfinite_streak += 1
+            self.nonfinite_streak[what] += 1
             opt.zero_grad(set_to_none=True)
-            if self.nonfinite_streak >= self.agent.cfg.max_nonfinite:
+            if self.nonfinite_streak[what] >= self.agent.cfg.max_nonfinite:
                 raise NonFiniteError(
-                    f"{self.nonfinite_streak} consecutive non-finite {what} updates (loss={loss.item()}, "
+                    f"{self.nonfinite_streak[what]} consecutive non-finite {what} updates (loss={loss.item()}, "
                     f"grad norm={norm.item()}); the last finite gradient norm was "
                     f"{float(self.last_finite_grad_norm):.4g}. Lower the learning rates, set sac.grad_clip, or "
                     f"raise sac.max_nonfinite"
                 )
             return norm, False
-        self.nonfinite_streak = 0
+        self.nonfinite_streak[what] = 0
         self.last_finite_grad_norm = norm.detach()
         opt.step()
         return norm, True
@@ -258,7 +258,7 @@ class SACUpdater:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.updates, self.skipped = int(state["updates"]), int(state["skipped"])
-        self.nonfinite_streak = int(state["nonfinite_streak"])
+        self.nonfinite_streak = dict(state["nonfinite_streak"])
         _unwrap(self.opt.actor).load_state_dict(state["actor"])
         _unwrap(self.opt.critic).load_state_dict(state["critic"])
         if self.opt.alpha is not None and state["alpha"] is not None:

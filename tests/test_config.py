@@ -131,10 +131,6 @@ def test_set_parsing() -> None:
     assert cfg.finetune.env_options == {"horizon": 50}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline/config.py parse_override/_check_type: values are parsed with yaml.safe_load (YAML 1.1), which reads "
-    "'3e-4' and '1e6' as strings (a float needs a dot and a signed exponent), so `--set sac.actor_lr=3e-4` is "
-    "rejected as 'wrong type: expected a number' (the comment 'YAML reads 1e6 as a float' does not hold)"))
 def test_exponent_notation_numbers_are_accepted() -> None:
     cfg = load_config(overrides=["sac.actor_lr=3e-4", "finetune.buffer_size=1e6"])
     assert cfg.sac.actor_lr == 3e-4 and cfg.finetune.buffer_size == 1_000_000
