@@ -110,8 +110,10 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_json(out / "summary.json", {f"{r['agent']}_{r['mode']}": {c: r[c] for c in cols[2:]} for r in rows})
     table = Table(title=title)
+    labels = {"episodes": "eps", "success_rate": "success", "return_mean": "return", "return_std": "± std",
+              "normalized_score": "norm. score"}
     for c in cols:
-        table.add_column(c)
+        table.add_column(labels.get(c, c))
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in cols))
     results_console.print(table)
