@@ -46,9 +46,9 @@ class OnlineRunner:
     """
 
     def __init__(self, cfg: Config, agent: SACAgent, updater: SACUpdater, env: gym.Env, eval_env: gym.Env | None,
-                 sampler: OfflineOnlineSampler, run_dir: str | Path, from_scratch: bool) -> None:
+                 sampler: OfflineOnlineSampler, run_dir: str | Path, from_scratch: bool, fingerprint: str = "") -> None:
         self.cfg, self.agent, self.updater, self.env, self.eval_env = cfg, agent, updater, env, eval_env
-        self.sampler, self.run_dir = sampler, Path(run_dir)
+        self.sampler, self.run_dir, self.fingerprint = sampler, Path(run_dir), fingerprint
         ft = cfg.finetune
         self.updates_from = ft.learning_starts
         self.random_until = ft.random_steps if from_scratch else 0
@@ -134,7 +134,7 @@ class OnlineRunner:
     # -- checkpoints ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
-            "agent": self.agent.state_dict(), "updater": self.updater.state_dict(),
+            "fingerprint": self.fingerprint, "agent": self.agent.state_dict(), "updater": self.updater.state_dict(),
             "buffer": self.sampler.online.state_dict(), "seeded": self.sampler.seeded,
             "env_step": self.env_step, "episodes": self.episodes, "env_errors": self.env_errors,
             "next_checkpoint": self.next_checkpoint, "rng": rng_state(), "env_rng": env_rng_state(self.env),

@@ -7,11 +7,15 @@ continues the run instead of restarting it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from pipeline.checkpoint import find_checkpoint, load_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
@@ -25,6 +29,47 @@ from pipeline.runtime import resolve_device, seed_everything, set_threads
 from pipeline.sac import SACAgent
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# Keys a run may change and still resume: its length, and how it is shown.
+RESUMABLE_CHANGES = ("name", "pretrain.steps", "finetune.total_steps", "trainer.progress")
+
+
+def run_fingerprint(cfg: Config, *inputs: Any) -> str:
+    """Digest of everything that defines a run: the config (minus :data:`RESUMABLE_CHANGES`) and its inputs.
+
+    A checkpoint resumes only a run with the same fingerprint; a stage rerun with another dataset, another
+    pretrained agent or other hyperparameters (DVC reruns keep ``persist`` outs) starts fresh instead.
+    """
+    conf = cfg.to_dict()
+    for key in RESUMABLE_CHANGES:
+        *parents, leaf = key.split(".")
+        node = conf
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    h = hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode())
+    for item in inputs:
+        if isinstance(item, TransitionDataset):
+            for t in (item.observations, item.actions, item.rewards, item.terminals):
+                h.update(t.detach().cpu().numpy().tobytes())
+        elif isinstance(item, dict):  # a state dict
+            for k, v in item.items():
+                h.update(k.encode())
+                if torch.is_tensor(v):
+                    h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def resume_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The stage's last checkpoint if it belongs to this very run, else None (with a warning if one was there)."""
+    ckpt = find_checkpoint(out / CHECKPOINT)
+    if ckpt is None:
+        return None
+    state = load_checkpoint(ckpt)
+    if state.get("fingerprint") != fingerprint:
+        warnings.warn(f"{ckpt} belongs to a run with another config or other inputs; starting this run fresh",
+                      stacklevel=2)
+        return None
+    return state
 
 
 def load_offline(dcfg: DatasetConfig) -> TransitionDataset:
@@ -76,13 +121,13 @@ def pretrain(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     if cfg.sac.batch_size > len(dataset):
         raise ConfigError(f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than the dataset "
                           f"{cfg.pretrain.dataset.source} ({len(dataset)} transitions)")
-    ckpt = find_checkpoint(out / CHECKPOINT)
-    resume = load_checkpoint(ckpt) if ckpt else None
+    fingerprint = run_fingerprint(cfg, dataset)
+    resume = resume_state(out, fingerprint)
     start = resume["step"] if resume else 0
     total = cfg.pretrain.steps
     t0 = time.perf_counter()
     with stage_progress("pretrain", total, start, cfg.trainer.progress) as bar:
-        module = OfflinePretrain(cfg, dataset, out, resume_state=resume,
+        module = OfflinePretrain(cfg, dataset, out, resume_state=resume, fingerprint=fingerprint,
                                  progress=lambda m: bar(m.step_count) if m.step_count % 50 == 0 else None)
         if start < total:
             make_trainer(cfg).fit(module, datamodule=StepDataModule(start, total))
@@ -113,8 +158,8 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     init_state = None
     if ft.from_pretrained:
         init_state = load_checkpoint(Path(pretrained) / CHECKPOINT if Path(pretrained).is_dir() else pretrained)["agent"]
-    ckpt = find_checkpoint(out / CHECKPOINT)
-    resume = load_checkpoint(ckpt) if ckpt else None
+    fingerprint = run_fingerprint(cfg, *(x for x in (offline, init_state) if x is not None))
+    resume = resume_state(out, fingerprint)
     start = resume["env_step"] if resume else 0
     t0 = time.perf_counter()
     with stage_progress("finetune", ft.total_steps, start, cfg.trainer.progress) as bar:
@@ -126,7 +171,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
                        {"eval_return": ev["return_mean"]} if ev else {}))
 
         module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
-                                resume_state=resume, progress=show)
+                                resume_state=resume, progress=show, fingerprint=fingerprint)
         make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
     runner = module.runner
     evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval

@@ -84,3 +84,14 @@ def test_pretrain_resumes_on_the_same_out(tmp_path: Path) -> None:
     rows = (tmp_path / "run/pretrain.csv").read_text().strip().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
     assert steps == [10, 20, 30, 40]  # no step logged twice, none lost
+
+
+def test_a_changed_config_starts_fresh_instead_of_resuming(tmp_path: Path) -> None:
+    """DVC keeps persisted checkpoints across reruns: a rerun with other hyperparameters must not resume them."""
+    data = _tiny_d4rl(tmp_path / "tiny.hdf5")
+    args = ["pretrain", "--preset", "smoke", "--quiet", "--set", "pretrain.dataset.format=d4rl",
+            "--set", f"pretrain.dataset.source={data}", "--set", "pretrain.steps=20", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    with pytest.warns(UserWarning, match="starting this run fresh"):
+        assert main([*args, "--set", "sac.actor_lr=1e-4"]) == 0
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["resumed_from"] == 0

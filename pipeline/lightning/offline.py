@@ -29,11 +29,12 @@ class OfflinePretrain(L.LightningModule):
     """
 
     def __init__(self, cfg: Config, dataset: Any, run_dir: str | Path, resume_state: dict[str, Any] | None = None,
-                 progress: Any = None) -> None:
+                 progress: Any = None, fingerprint: str = "") -> None:
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
         self.resume_state, self.progress = resume_state, progress
+        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.train.run_fingerprint)
         self.agent = SACAgent(dataset.obs_dim, dataset.act_dim, cfg.policy, cfg.critic, cfg.sac)
         if dataset.normalization is not None and cfg.pretrain.dataset.normalize_obs:
             self.agent.set_obs_normalization(dataset.normalization.obs_mean, dataset.normalization.obs_std)
@@ -81,6 +82,7 @@ class OfflinePretrain(L.LightningModule):
 
     def state(self) -> dict[str, Any]:
         return {"agent": self.agent.state_dict(), "updater": self.updater.state_dict(), "step": self.step_count,
+                "fingerprint": self.fingerprint,
                 "rng": rng_state(),
                 "means": {k: (v.cpu(), self.means.counts[k]) for k, v in self.means.sums.items()},
                 "normalization": None if self.dataset.normalization is None else self.dataset.normalization.to_dict(),

@@ -24,11 +24,12 @@ class OnlineFinetune(L.LightningModule):
 
     def __init__(self, cfg: Config, env: gym.Env, eval_env: gym.Env | None, run_dir: str | Path,
                  offline: Any = None, init_state: dict[str, Any] | None = None,
-                 resume_state: dict[str, Any] | None = None, progress: Any = None) -> None:
+                 resume_state: dict[str, Any] | None = None, progress: Any = None, fingerprint: str = "") -> None:
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.env, self.eval_env, self.run_dir = cfg, env, eval_env, Path(run_dir)
         self.offline, self.resume_state, self.progress = offline, resume_state, progress
+        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.train.run_fingerprint)
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         self.agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac)
         self.from_scratch = init_state is None
@@ -59,7 +60,7 @@ class OnlineFinetune(L.LightningModule):
         updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
                              backward=self.manual_backward)
         self.runner = OnlineRunner(cfg, self.agent, updater, self.env, self.eval_env, sampler, self.run_dir,
-                                   from_scratch=self.from_scratch)
+                                   from_scratch=self.from_scratch, fingerprint=self.fingerprint)
         if self.resume_state is not None:
             self.runner.load_state_dict(self.resume_state)
         else:
