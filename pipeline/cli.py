@@ -197,6 +197,8 @@ def quiet_libraries() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # robosuite warns on every env build that the Panda has no torso/head/base/legs controller to configure
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
