@@ -63,8 +63,13 @@ class QEnsemble(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1)
-        return self.net(x.unsqueeze(0).expand(self.n, *x.shape)).squeeze(-1)
+        return ensemble_forward(self.net, self.n, obs, act)
+
+
+def ensemble_forward(net: nn.Module, n: int, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Every member of ``net`` on the same ``[s, a]``: ``obs [B, S], act [B, A] -> q [n, B]``."""
+    x = torch.cat([obs, act], dim=-1)
+    return net(x.unsqueeze(0).expand(n, *x.shape)).squeeze(-1)
 
 
 class BatchRenorm(nn.Module):
@@ -126,8 +131,7 @@ class CrossQCritic(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, act], dim=-1)
-        return self.net(x.unsqueeze(0).expand(self.n, *x.shape)).squeeze(-1)
+        return ensemble_forward(self.net, self.n, obs, act)
 
     def joint(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor,
               next_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,6 +184,15 @@ class TransitionDataset:
         return dataclasses.replace(self, meta=dict(self.meta),
                                    normalization=compute_normalization(self, std_floor=std_floor))
 
+    @classmethod
+    def from_episode_parts(cls, parts: dict[str, list[np.ndarray]], lengths: list[int],
+                           meta: dict[str, Any]) -> TransitionDataset:
+        """Concatenate per-episode arrays (keys ``obs, act, rew, next_obs, term, tout``) into one dataset."""
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        return cls(observations=cat["obs"], actions=cat["act"], rewards=cat["rew"], next_observations=cat["next_obs"],
+                   terminals=cat["term"], timeouts=cat["tout"],
+                   episode_ends=torch.from_numpy(np.cumsum(lengths).astype(np.int64)), meta=meta)
+
     # ----------------------------------------------------------------- episodes and scores
     def episode_starts(self) -> torch.Tensor:
         """Start index of every episode, ``[E]`` int64."""

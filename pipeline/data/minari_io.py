@@ -163,17 +163,7 @@ def load_minari(source: str | os.PathLike[str], obs_keys: Sequence[str] | None =
     }
     if meta["ref_min_score"] is None or meta["ref_max_score"] is None:
         meta["ref_min_score"] = meta["ref_max_score"] = None
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
-    return TransitionDataset(
-        observations=torch.from_numpy(cat["obs"].astype(np.float32)),
-        actions=torch.from_numpy(cat["act"].astype(np.float32)),
-        rewards=torch.from_numpy(cat["rew"].astype(np.float32)),
-        next_observations=torch.from_numpy(cat["next_obs"].astype(np.float32)),
-        terminals=torch.from_numpy(cat["term"].astype(np.float32)),
-        timeouts=torch.from_numpy(cat["tout"].astype(np.float32)),
-        episode_ends=torch.from_numpy(np.cumsum(lengths).astype(np.int64)),
-        meta=meta,
-    )
+    return TransitionDataset.from_episode_parts(parts, lengths, meta)
 
 
 def _flat_keys(space: gym.Space, source: Any, top: Sequence[str] | None = None, prefix: str = "") -> list[str] | None:

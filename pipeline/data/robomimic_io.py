@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from pipeline.data.dataset import DatasetError, TransitionDataset, check_actions, check_array, check_flags
 
@@ -118,22 +117,12 @@ def _load(f: Any, path: Path, obs_keys: list[str] | None, filter_key: str | None
             raise DatasetError(path, what, f"expected the same size in every demo, got sizes {sorted(widths)}")
     if {a.shape[1] for a in parts["next_obs"]} != {parts["obs"][0].shape[1]}:
         raise DatasetError(path, f"next_obs {obs_keys}", "expected the same size as obs in every demo")
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
     meta: dict[str, Any] = {
         "source": str(path), "format": "robomimic", "env_id": env_args.get("env_name"), "env_args": env_args,
         "obs_keys": obs_keys, "filter_key": filter_key, "demos": demos, "next_obs_derived": derived,
         "ref_min_score": None, "ref_max_score": None,
     }
-    return TransitionDataset(
-        observations=torch.from_numpy(cat["obs"].astype(np.float32)),
-        actions=torch.from_numpy(cat["act"].astype(np.float32)),
-        rewards=torch.from_numpy(cat["rew"].astype(np.float32)),
-        next_observations=torch.from_numpy(cat["next_obs"].astype(np.float32)),
-        terminals=torch.from_numpy(cat["term"].astype(np.float32)),
-        timeouts=torch.from_numpy(cat["tout"].astype(np.float32)),
-        episode_ends=torch.from_numpy(np.cumsum(lengths).astype(np.int64)),
-        meta=meta,
-    )
+    return TransitionDataset.from_episode_parts(parts, lengths, meta)
 
 
 def _env_args(data: Any, path: Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ class OfflinePretrain(L.LightningModule):
         return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
 
     def on_fit_start(self) -> None:
-        d, ft = self.dataset, self.cfg.finetune
+        d = self.dataset
         self.buffer = ReplayBuffer(len(d), d.obs_dim, d.act_dim, self.device)
         # the reward transform online training uses, so the pretrained critic's scale carries over
         self.buffer.add(d.observations, d.actions, training_reward(d.rewards, self.cfg.sac),
