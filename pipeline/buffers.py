@@ -63,7 +63,8 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """The filled rows only (a resumable run must not write gigabytes of zeros)."""
         return {"capacity": self.capacity, "ptr": self.ptr, "size": self.size,
-                "data": {k: v[: self.size].cpu() for k, v in self.data.items()}}
+                # clone: torch.save writes a view's whole storage, i.e. the empty capacity too
+                "data": {k: v[: self.size].clone().cpu() for k, v in self.data.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["capacity"] != self.capacity:

@@ -152,3 +152,11 @@ def test_seeded_capacity_error_names_the_config_key() -> None:
 def test_bad_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"finetune\.buffer_mode.*'fifo'"):
         OfflineOnlineSampler(ReplayBuffer(4, OBS, ACT), None, "fifo")
+
+
+def test_state_dict_serializes_only_the_filled_rows(tmp_path) -> None:
+    """torch.save writes a slice's whole storage: a 100k-row buffer holding 10 rows must not cost 100k rows."""
+    buf = ReplayBuffer(100_000, 17, 6)
+    buf.add(torch.zeros(10, 17), torch.zeros(10, 6), torch.zeros(10), torch.zeros(10, 17), torch.zeros(10))
+    torch.save(buf.state_dict(), tmp_path / "buf.pt")
+    assert (tmp_path / "buf.pt").stat().st_size < 50_000  # 10 rows are ~2 kB; the full storage would be ~16 MB
