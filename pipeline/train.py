@@ -19,7 +19,7 @@ import torch
 
 from pipeline.checkpoint import find_checkpoint, load_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
-from pipeline.data.dataset import TransitionDataset, check_compatible, load_dataset
+from pipeline.data import TransitionDataset, check_compatible, load_dataset
 from pipeline.envs import make_env
 from pipeline.evaluation import evaluate
 from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
