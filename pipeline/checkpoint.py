@@ -84,3 +84,12 @@ def find_checkpoint(path: str | Path) -> Path | None:
     """The checkpoint to resume from, if any generation of ``path`` exists."""
     path = Path(path)
     return path if path.exists() or previous_path(path).exists() else None
+
+
+RUN_CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def run_checkpoint(run: str | Path) -> Path:
+    """A stage's checkpoint: ``run`` itself if it is a file, else ``run/checkpoints/last.pt``."""
+    run = Path(run)
+    return run / RUN_CHECKPOINT if run.is_dir() else run

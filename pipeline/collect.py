@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.metrics import write_json
 from pipeline.progress import stage_progress
@@ -26,8 +26,7 @@ def _agent_policy(cfg: Config, run: str, space: Any, obs_dim: int) -> Any:
     """A trained agent acting in the raw env: its [-1, 1] actions mapped onto ``space``'s bounds."""
     from pipeline.sac import SACAgent
 
-    path = Path(run)
-    state = load_checkpoint(path / "checkpoints" / "last.pt" if path.is_dir() else path)
+    state = load_checkpoint(run_checkpoint(run))
     agent = SACAgent(obs_dim, space.shape[0], cfg.policy, cfg.critic, cfg.sac)
     agent.load_state_dict(state["agent"])
     agent.eval()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.buffers import OfflineOnlineSampler
-from pipeline.checkpoint import save_checkpoint
+from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
 from pipeline.evaluation import evaluate
 from pipeline.metrics import CSVLog, RunningMeans
@@ -163,4 +163,4 @@ class OnlineRunner:
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates
 
     def save(self, path: str | Path | None = None) -> None:
-        save_checkpoint(self.state_dict(), path or self.run_dir / "checkpoints" / "last.pt")
+        save_checkpoint(self.state_dict(), path or self.run_dir / RUN_CHECKPOINT)

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from pipeline.checkpoint import find_checkpoint, load_checkpoint
+from pipeline.checkpoint import RUN_CHECKPOINT, find_checkpoint, load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
 from pipeline.data import TransitionDataset, check_compatible, load_dataset
 from pipeline.envs import make_env
@@ -28,7 +28,6 @@ from pipeline.progress import stage_progress
 from pipeline.runtime import resolve_device, seed_everything, set_threads
 from pipeline.sac import SACAgent
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
 # Keys a run may change and still resume: its length, and how it is shown.
 RESUMABLE_CHANGES = ("name", "pretrain.steps", "finetune.total_steps", "trainer.progress")
 
@@ -61,7 +60,7 @@ def run_fingerprint(cfg: Config, *inputs: Any) -> str:
 
 def resume_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
     """The stage's last checkpoint if it belongs to this very run, else None (with a warning if one was there)."""
-    ckpt = find_checkpoint(out / CHECKPOINT)
+    ckpt = find_checkpoint(out / RUN_CHECKPOINT)
     if ckpt is None:
         return None
     state = load_checkpoint(ckpt)
@@ -157,7 +156,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
         check_compatible(offline, obs_dim, act_dim, dcfg.source)
     init_state = None
     if ft.from_pretrained:
-        init_state = load_checkpoint(Path(pretrained) / CHECKPOINT if Path(pretrained).is_dir() else pretrained)["agent"]
+        init_state = load_checkpoint(run_checkpoint(pretrained))["agent"]
     fingerprint = run_fingerprint(cfg, *(x for x in (offline, init_state) if x is not None))
     resume = resume_state(out, fingerprint)
     start = resume["env_step"] if resume else 0
@@ -207,8 +206,7 @@ def evaluate_checkpoints(cfg: Config, checkpoints: dict[str, str | Path], out_di
     with stage_progress("evaluate", len(checkpoints) * len(modes) * ev.episodes, 0, cfg.trainer.progress) as bar:
         done = 0
         for name, path in checkpoints.items():
-            path = Path(path)
-            state = load_checkpoint(path / CHECKPOINT if path.is_dir() else path, map_location=device)
+            state = load_checkpoint(run_checkpoint(path), map_location=device)
             agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac).to(device)
             agent.load_state_dict(state["agent"])
             results[name] = {}

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from pipeline.buffers import ReplayBuffer
-from pipeline.checkpoint import save_checkpoint
+from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
@@ -99,4 +99,4 @@ class OfflinePretrain(L.LightningModule):
 
     def save(self) -> None:
         if self.trainer.is_global_zero:
-            save_checkpoint(self.state(), self.run_dir / "checkpoints" / "last.pt")
+            save_checkpoint(self.state(), self.run_dir / RUN_CHECKPOINT)
