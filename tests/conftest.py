@@ -45,3 +45,38 @@ def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch
     }
     cols.update(fields)
     return Batch(**cols)
+
+
+# --------------------------------------------------------------------------- loader fuzzing (hypothesis)
+def flip_bits(path: Any, data: Any) -> None:
+    """Flip 1-8 random bits of the file at ``path`` (``data``: a hypothesis ``st.data()`` object)."""
+    from hypothesis import strategies as st
+
+    raw = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    path.write_bytes(bytes(raw))
+
+
+def mutate_hdf5(path: Any, data: Any, kind: str) -> None:
+    """Damage an hdf5 file in place: ``flip`` bits, ``truncate`` it, or ``delete`` one random group/dataset."""
+    import h5py
+    from hypothesis import strategies as st
+
+    if kind == "flip":
+        flip_bits(path, data)
+    elif kind == "truncate":
+        raw = path.read_bytes()
+        path.write_bytes(raw[: data.draw(st.integers(0, len(raw) - 1))])
+    else:
+        with h5py.File(path, "a") as f:
+            names: list[str] = []
+            f.visit(names.append)
+            del f[data.draw(st.sampled_from(sorted(names)))]
+
+
+def assert_sane(ds: Any) -> None:
+    """What every successfully loaded dataset must satisfy, however damaged its file was."""
+    assert len(ds) > 0 and int(ds.episode_ends[-1]) == len(ds)
+    assert bool(torch.isfinite(ds.observations).all()) and bool(torch.isfinite(ds.next_observations).all())
+    assert float(ds.actions.abs().max()) <= 1.0
