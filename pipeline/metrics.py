@@ -89,6 +89,14 @@ class RunningMeans:
             self.sums[k] = self.sums[k] + v if k in self.sums else v.detach().clone()
             self.counts[k] = self.counts.get(k, 0) + 1
 
+    def state_dict(self) -> dict[str, tuple[torch.Tensor, int]]:
+        """The partial sums of the current log row, so a resumed run writes the same row."""
+        return {k: (v.cpu(), self.counts[k]) for k, v in self.sums.items()}
+
+    def load_state_dict(self, state: dict[str, tuple[torch.Tensor, int]], device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, (v, _) in state.items()}
+        self.counts = {k: c for k, (_, c) in state.items()}
+
     def pop(self) -> dict[str, float]:
         out = {k: (v / self.counts[k]).item() for k, v in self.sums.items()}
         self.sums.clear()

@@ -139,7 +139,7 @@ class OnlineRunner:
             "env_step": self.env_step, "episodes": self.episodes, "env_errors": self.env_errors,
             "next_checkpoint": self.next_checkpoint, "rng": rng_state(), "env_rng": env_rng_state(self.env),
             "recent_returns": self.recent_returns, "recent_successes": self.recent_successes,
-            "means": {k: (v.cpu(), self.means.counts[k]) for k, v in self.means.sums.items()},
+            "means": self.means.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,8 +150,7 @@ class OnlineRunner:
         self.env_step, self.episodes = state["env_step"], state["episodes"]
         self.env_errors, self.next_checkpoint = state["env_errors"], state["next_checkpoint"]
         self.recent_returns, self.recent_successes = state["recent_returns"], state["recent_successes"]
-        self.means.sums = {k: v.to(self.device) for k, (v, _) in state["means"].items()}
-        self.means.counts = {k: c for k, (_, c) in state["means"].items()}
+        self.means.load_state_dict(state["means"], self.device)
         if self.episodes > 0:  # the first reset is seeded by cfg.seed; later ones draw from the saved env RNG
             # gymnasium seeds the env RNG on the first reset; reset once so the saved state is not overwritten
             self.env.reset(seed=self.cfg.seed)

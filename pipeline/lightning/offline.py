@@ -84,7 +84,7 @@ class OfflinePretrain(L.LightningModule):
         return {"agent": self.agent.state_dict(), "updater": self.updater.state_dict(), "step": self.step_count,
                 "fingerprint": self.fingerprint,
                 "rng": rng_state(),
-                "means": {k: (v.cpu(), self.means.counts[k]) for k, v in self.means.sums.items()},
+                "means": self.means.state_dict(),
                 "normalization": None if self.dataset.normalization is None else self.dataset.normalization.to_dict(),
                 "dims": {"obs": self.agent.obs_dim, "act": self.agent.act_dim}}
 
@@ -92,8 +92,7 @@ class OfflinePretrain(L.LightningModule):
         self.agent.load_state_dict(state["agent"])
         self.updater.load_state_dict(state["updater"])
         self.step_count = state["step"]
-        self.means.sums = {k: v.to(self.device) for k, (v, _) in state["means"].items()}
-        self.means.counts = {k: c for k, (_, c) in state["means"].items()}
+        self.means.load_state_dict(state["means"], self.device)
         set_rng_state(state["rng"])
         self.log_csv.truncate_after(self.step_count)
 
