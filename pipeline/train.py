@@ -82,6 +82,13 @@ def load_offline(dcfg: DatasetConfig) -> TransitionDataset:
     return ds if ds.normalization is not None else ds.with_normalization()
 
 
+def finetune_dataset(cfg: Config) -> DatasetConfig | None:
+    """The offline data of the online stage: ``finetune.dataset``, else the pretraining dataset when fine-tuning
+    a pretrained agent, else none (from scratch). Its env_args also rebuild the robosuite env for evaluation."""
+    ft = cfg.finetune
+    return ft.dataset or (cfg.pretrain.dataset if ft.from_pretrained else None)
+
+
 def env_options_for(env_id: str, dataset: TransitionDataset | None, options: dict[str, Any]) -> dict[str, Any]:
     """robosuite envs are rebuilt from the dataset's ``env_args`` and observe its ``obs_keys`` in its order."""
     opts = dict(options)
@@ -146,7 +153,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     if ft.from_pretrained and pretrained is None:
         raise ConfigError("finetune.from_pretrained is true but no pretrained checkpoint was given "
                           "(pass --pretrained DIR, or --set finetune.from_pretrained=false)")
-    dcfg = ft.dataset or (cfg.pretrain.dataset if ft.from_pretrained else None)
+    dcfg = finetune_dataset(cfg)
     offline = load_offline(dcfg) if dcfg is not None else None
     options = env_options_for(ft.env_id, offline, ft.env_options)
     env = make_env(ft.env_id, seed=cfg.seed, **options)
@@ -196,8 +203,8 @@ def evaluate_checkpoints(cfg: Config, checkpoints: dict[str, str | Path], out_di
     """
     out = _prepare(cfg, out_dir)
     ft, ev = cfg.finetune, cfg.evaluate
-    dcfg = ft.dataset or cfg.pretrain.dataset
-    dataset = load_offline(dcfg) if dcfg is not None and (ft.from_pretrained or ft.dataset) else None
+    dcfg = finetune_dataset(cfg)
+    dataset = load_offline(dcfg) if dcfg is not None else None
     env = make_env(ft.env_id, seed=ev.seed, **env_options_for(ft.env_id, dataset, ft.env_options))
     device = resolve_device(cfg.device)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
