@@ -75,6 +75,18 @@ def mutate_hdf5(path: Any, data: Any, kind: str) -> None:
             del f[data.draw(st.sampled_from(sorted(names)))]
 
 
+def load_or_dataset_error(fmt: str, source: Any, **options: Any) -> None:
+    """A damaged file either loads as a sane dataset or raises DatasetError: nothing else, nothing silent."""
+    from pipeline.data import DatasetError, TransitionDataset, load_dataset
+
+    try:
+        ds = load_dataset(fmt, source, **options)
+    except DatasetError:
+        return
+    assert isinstance(ds, TransitionDataset)
+    assert_sane(ds)
+
+
 def assert_sane(ds: Any) -> None:
     """What every successfully loaded dataset must satisfy, however damaged its file was."""
     assert len(ds) > 0 and int(ds.episode_ends[-1]) == len(ds)

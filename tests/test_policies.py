@@ -307,6 +307,17 @@ def _dataset(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return obs, actions
 
 
+def _fit_bc(policy: nn.Module, obs: torch.Tensor, actions: torch.Tensor, steps: int) -> None:
+    """``steps`` Adam steps (lr 3e-3) on the BC loss, with a fixed noise stream."""
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        loss = policy.bc_loss(obs, actions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def _eval_bc(policy: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> float:
     """BC loss with a fixed noise draw, over many (t, a_0) samples per data point."""
     torch.manual_seed(11)
@@ -319,13 +330,7 @@ def test_bc_loss_decreases_on_a_fixed_dataset(kind: str) -> None:
     policy = build(kind)
     obs, actions = _dataset()
     before = _eval_bc(policy, obs, actions)
-    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(250):
-        loss = policy.bc_loss(obs, actions)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _fit_bc(policy, obs, actions, 250)
     after = _eval_bc(policy, obs, actions)
     if kind == "gaussian":  # a negative log-likelihood: compare by difference
         assert after < before - 1.0, (before, after)
@@ -343,13 +348,7 @@ def test_pretanh_target_reproduces_saturated_actions() -> None:
     for target in ("pretanh", "raw"):
         policy = flow("flow_mlp", bc_target=target, hidden=64)
         assert policy.bc_target == target
-        opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
-        torch.manual_seed(0)
-        for _ in range(400):
-            loss = policy.bc_loss(obs, actions)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _fit_bc(policy, obs, actions, 400)
         results[target] = policy.act(obs)[:, 0] * gripper[:, 0]  # > 0: right sign
     assert results["pretanh"].median() > 0.99
     assert results["raw"].max() < 0.9  # tanh(a_K) with a_K ≈ ±1 stays near ±0.76
