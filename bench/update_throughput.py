@@ -1,11 +1,14 @@
 """Update throughput (SAC updates/s) of every policy kind, measured in one process; ratios against Gaussian SAC.
 
-    python bench/update_throughput.py [--steps 1 4 10] [--batch 256 1024] [--threads 1 2] [--compile]
+    python bench/update_throughput.py [--steps 1 4 10] [--batch 256 1024] [--threads 1 2]
+                                      [--modes eager eager_noguard compiled compiled_noguard]
                                       [--device cpu|cuda] [--repeats 30] [--hidden 256]
 
 Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak). The headline
 is the ratio flow_x / gaussian at the same K, batch and threads; absolute numbers are only comparable within one
-run on one machine.
+run on one machine. Modes: ``eager``; ``compiled`` (``torch.compile`` of the whole update); ``*_noguard`` without the
+non-finite guard, whose host sync per optimizer step is the update's only one (and a graph break when compiled);
+``compiled_cg_noguard`` adds CUDA graphs (``mode="reduce-overhead"``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
 
 
-def make_updater(kind: str, steps: int, hidden: int, device: torch.device) -> SACUpdater:
+def make_updater(kind: str, steps: int, hidden: int, device: torch.device, guard: bool = True) -> SACUpdater:
     cfg = load_config(None, [f"policy.kind={kind}", f"policy.steps={steps}", f"policy.hidden={hidden}",
                              f"critic.hidden={hidden}"])
     agent = SACAgent(OBS_DIM, ACT_DIM, cfg.policy, cfg.critic, cfg.sac).to(device)
-    return SACUpdater(agent, make_optimizers(agent))
+    return SACUpdater(agent, make_optimizers(agent), check_finite=guard)
 
 
 def random_batch(batch: int, device: torch.device) -> Batch:
@@ -37,9 +40,12 @@ def random_batch(batch: int, device: torch.device) -> Batch:
                  torch.zeros(batch, device=device))
 
 
-def updates_per_second(updater: SACUpdater, batch: Batch, repeats: int, compiled: bool) -> float:
-    update = torch.compile(updater.update) if compiled else updater.update
-    for _ in range(3 if not compiled else 6):
+def updates_per_second(updater: SACUpdater, batch: Batch, repeats: int, mode: str) -> float:
+    compiled = mode.startswith("compiled")
+    update = updater.update
+    if compiled:  # "_cg": CUDA graphs through inductor's reduce-overhead mode
+        update = torch.compile(update, mode="reduce-overhead" if "_cg" in mode else None)
+    for _ in range(3 if not compiled else 8):
         update(batch)
     sync = torch.cuda.synchronize if batch.obs.is_cuda else (lambda: None)
     sync()
@@ -58,12 +64,14 @@ def main() -> None:
     p.add_argument("--kinds", nargs="+", default=list(KINDS))
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--compile", action="store_true", help="also time torch.compile(update)")
+    p.add_argument("--modes", nargs="+", default=["eager"],
+                   choices=["eager", "eager_noguard", "compiled", "compiled_noguard", "compiled_cg_noguard"])
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     device = torch.device(args.device)
     print(f"device={device} hidden={args.hidden} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}")
-    print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>8} {'upd/s':>8} {'vs gaussian':>11}")
+    print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>16} {'upd/s':>8} {'vs gaussian':>11} "
+          f"{'vs ' + args.modes[0]:>8}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch_size in args.batch:
@@ -71,15 +79,18 @@ def main() -> None:
             for steps in args.steps:
                 base: dict[str, float] = {}
                 for kind in args.kinds:
-                    modes = ["eager", "compiled"] if args.compile else ["eager"]
-                    for mode in modes:
+                    eager = None
+                    for mode in args.modes:
                         torch.manual_seed(0)
-                        ups = updates_per_second(make_updater(kind, steps, args.hidden, device), batch,
-                                                 args.repeats, mode == "compiled")
-                        base.setdefault(mode, ups if kind == "gaussian" else base.get(mode, float("nan")))
-                        ratio = ups / base[mode] if mode in base else float("nan")
-                        print(f"{threads:>7} {batch_size:>5} {steps:>3} {kind:>9} {mode:>8} {ups:>8.1f} "
-                              f"{ratio:>11.2f}", flush=True)
+                        torch.compiler.reset()
+                        updater = make_updater(kind, steps, args.hidden, device, guard="noguard" not in mode)
+                        ups = updates_per_second(updater, batch, args.repeats, mode)
+                        eager = eager or ups
+                        if kind == "gaussian":
+                            base[mode] = ups
+                        ratio = ups / base.get(mode, float("nan"))
+                        print(f"{threads:>7} {batch_size:>5} {steps:>3} {kind:>9} {mode:>16} {ups:>8.1f} "
+                              f"{ratio:>11.2f} {ups / eager:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

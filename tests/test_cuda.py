@@ -1,0 +1,138 @@
+"""The CUDA path: the same maths on the GPU as on the CPU, and whole stages run with ``device=cuda``.
+
+Skipped on machines without a GPU (CI has none); run with ``pytest tests/test_cuda.py`` where one is present.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.buffers import ReplayBuffer
+from pipeline.checkpoint import load_checkpoint, run_checkpoint
+from pipeline.config import load_config
+from pipeline.data.d4rl_io import write_d4rl
+from pipeline.data.dataset import TransitionDataset
+from pipeline.sac import SACUpdater, make_optimizers
+
+from conftest import random_batch, tiny_agent
+
+# SACFLOW_TEST_DEVICE=cpu runs these checks against the CPU itself (to test the tests where no GPU is present)
+CUDA = torch.device(os.environ.get("SACFLOW_TEST_DEVICE", "cuda"))
+pytestmark = pytest.mark.skipif(CUDA.type == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
+KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
+
+
+def _to(batch, device):  # noqa: ANN001, ANN202
+    return type(batch)(*(x.to(device) for x in batch))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deterministic_action_matches_cpu(kind: str) -> None:
+    agent = tiny_agent({"kind": kind})
+    obs = torch.randn(64, 3)
+    cpu = agent.actor.act(obs, deterministic=True)
+    gpu = copy.deepcopy(agent).to(CUDA).actor.act(obs.to(CUDA), deterministic=True)
+    assert gpu.device == torch.empty(0, device=CUDA).device
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ("flow_g", "flow_t"))
+def test_noisy_rollout_of_the_same_noise_matches_cpu(kind: str) -> None:
+    agent = tiny_agent({"kind": kind})
+    obs = torch.randn(64, 3)
+    cpu = agent.actor.rollout(obs, generator=torch.Generator().manual_seed(3))
+    gpu_actor = copy.deepcopy(agent.actor).to(CUDA)
+    # the same noise on both devices: draw it on the CPU, replay it through the GPU policy's velocity net
+    eps = (cpu.path[0], *(((cpu.path[i + 1] - cpu.means[i]) / cpu.stds[i]) for i in range(agent.actor.steps)))
+    a = eps[0].to(CUDA)
+    ctx = gpu_actor.velocity.encode(obs.to(CUDA))
+    for i in range(agent.actor.steps):
+        t = torch.full((64, 1), i / agent.actor.steps, device=CUDA)
+        v, _ = gpu_actor.velocity(ctx, a, t)
+        a = a + v / agent.actor.steps + agent.actor.noise_std * eps[i + 1].to(CUDA)
+    torch.testing.assert_close(torch.tanh(a).cpu(), cpu.action, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sac_updates_on_cuda_track_cpu(kind: str) -> None:
+    cpu_agent = tiny_agent({"kind": kind}, target_entropy=-2.0)
+    gpu_agent = copy.deepcopy(cpu_agent).to(CUDA)
+    cpu_up, gpu_up = SACUpdater(cpu_agent, make_optimizers(cpu_agent)), SACUpdater(gpu_agent, make_optimizers(gpu_agent))
+    if CUDA.type == "cuda":
+        assert gpu_up.opt.critic.defaults.get("fused"), "Adam should use its fused CUDA kernel"
+    batch = random_batch(128)
+    torch.manual_seed(0)
+    for _ in range(10):
+        info = gpu_up.update(_to(batch, CUDA))
+    assert all(v.device.type == CUDA.type for v in info.values())
+    assert gpu_up.skipped == 0 and all(torch.isfinite(p).all() for p in gpu_agent.parameters())
+    torch.manual_seed(0)
+    for _ in range(10):
+        cpu_up.update(batch)
+    # different random streams on the two devices: the weights move the same distance, not to the same point
+    moved = [(g.detach().cpu() - c0).norm() / (c.detach() - c0).norm().clamp_min(1e-12)
+             for g, c, c0 in zip(gpu_agent.critic.parameters(), cpu_agent.critic.parameters(),
+                                 tiny_agent({"kind": kind}).critic.parameters())]
+    assert 0.5 < float(torch.stack(moved).mean().detach()) < 2.0
+
+
+def test_replay_buffer_lives_on_cuda_and_checkpoints_to_cpu() -> None:
+    buf = ReplayBuffer(100, 3, 2, CUDA)
+    buf.add(np.zeros((10, 3)), np.zeros((10, 2)), np.ones(10), np.zeros((10, 3)), np.zeros(10))
+    batch = buf.sample(32)
+    assert all(x.device.type == CUDA.type for x in batch)
+    state = buf.state_dict()
+    restored = ReplayBuffer(100, 3, 2, "cpu")
+    restored.load_state_dict(state)
+    assert len(restored) == 10 and restored.data["rewards"][:10].sum() == 10
+
+
+def _pendulum_d4rl(path: Path) -> Path:
+    """A small random-policy Pendulum-v1 dataset in the D4RL layout (obs [N, 3], actions [N, 1])."""
+    import gymnasium as gym
+
+    env = gym.make("Pendulum-v1", max_episode_steps=100)
+    rng = np.random.default_rng(0)
+    cols: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "next", "term", "tout")}
+    for ep in range(5):
+        obs, _ = env.reset(seed=ep)
+        done = False
+        while not done:
+            act = rng.uniform(-1, 1, size=1).astype(np.float32)
+            nxt, rew, term, trunc, _ = env.step(act * 2.0)
+            for k, v in zip(cols, (obs, act, rew, nxt, term, trunc)):
+                cols[k].append(v)
+            obs, done = nxt, term or trunc
+    ds = TransitionDataset(np.array(cols["obs"]), np.array(cols["act"]), np.array(cols["rew"]),
+                           np.array(cols["next"]), np.array(cols["term"]), np.array(cols["tout"]),
+                           meta={"source": str(path), "format": "d4rl", "env_id": "Pendulum-v1"})
+    return write_d4rl(ds, path)
+
+
+def test_offline_to_online_stages_run_on_cuda(tmp_path: Path) -> None:
+    """pretrain -> finetune -> evaluate with ``device=cuda`` (Lightning's GPU accelerator), Pendulum from D4RL data."""
+    from pipeline.train import evaluate_checkpoints, finetune, pretrain
+
+    data = _pendulum_d4rl(tmp_path / "pendulum.hdf5")
+    cfg = load_config(overrides=[
+        f"device={CUDA.type}", "trainer.progress=false", "collect.kind=none", "policy.kind=flow_t",
+        "policy.d_model=16", "policy.n_heads=2", "policy.n_layers=1", "critic.hidden=32", "sac.batch_size=64",
+        "pretrain.dataset.format=d4rl", f"pretrain.dataset.source={data}", "pretrain.steps=60",
+        "pretrain.log_every=20", "pretrain.checkpoint_every=30", "finetune.env_id=Pendulum-v1",
+        "finetune.total_steps=300", "finetune.learning_starts=0", "finetune.eval_every=300",
+        "finetune.eval_episodes=1", "finetune.log_every=100", "evaluate.episodes=2",
+    ])
+    pre = pretrain(cfg, tmp_path / "pretrain")
+    state = load_checkpoint(run_checkpoint(tmp_path / "pretrain"))
+    assert pre["steps"] == 60 and state["step"] == 60
+    ft = finetune(cfg, tmp_path / "finetune", pretrained=tmp_path / "pretrain")
+    assert ft["env_steps"] == 300 and ft["updates"] > 0 and ft["skipped_updates"] == 0
+    ev = evaluate_checkpoints(cfg, {"pretrained": tmp_path / "pretrain", "finetuned": tmp_path / "finetune"},
+                              tmp_path / "evaluate")
+    assert np.isfinite(ev["finetuned"]["deterministic"]["return_mean"])
