@@ -102,6 +102,9 @@ class SACConfig:
     reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
     q_agg: Literal["min", "mean"] = "min"  # ensemble reduction in targets and actor loss (public O2O code: mean)
     max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
+    # eager | compile (torch.compile of the critic and actor steps) | cuda_graphs (each step replayed as one
+    # CUDA graph; CUDA only). The last two decide on skipping a non-finite step on the device, without host syncs.
+    update_mode: Literal["eager", "compile", "cuda_graphs"] = "eager"
 
 
 @dataclass
@@ -243,6 +246,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'policy.d_model' = {cfg.policy.d_model} must be divisible by "
             f"'policy.n_heads' = {cfg.policy.n_heads}"
+        )
+    if cfg.sac.update_mode != "eager" and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
+        raise ConfigError(
+            f"config key 'sac.update_mode' = {cfg.sac.update_mode!r} bypasses Lightning's backward, which "
+            f"all-reduces gradients across the {cfg.trainer.devices * cfg.trainer.num_nodes} processes of "
+            f"'trainer.devices' x 'trainer.num_nodes': use 'eager' with data-parallel training"
         )
     if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
         raise ConfigError(

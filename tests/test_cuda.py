@@ -82,6 +82,45 @@ def test_sac_updates_on_cuda_track_cpu(kind: str) -> None:
     assert 0.5 < float(torch.stack(moved).mean().detach()) < 2.0
 
 
+def _graphed_vs_eager(kind: str, batches: list) -> tuple[SACUpdater, float]:
+    """Relative distance between the weight changes of cuda_graphs and eager updates from the same start."""
+    init = tiny_agent({"kind": kind}).to(CUDA)
+    deltas = {}
+    for mode in ("eager", "cuda_graphs"):
+        agent = copy.deepcopy(init)
+        agent.cfg = type(agent.cfg)(**{**vars(agent.cfg), "update_mode": mode})
+        updater = SACUpdater(agent, make_optimizers(agent))
+        torch.manual_seed(0)
+        for b in batches:
+            updater.update(_to(b, CUDA))
+        deltas[mode] = torch.cat([(p - p0).flatten() for p, p0 in zip(agent.parameters(), init.parameters())])
+    rel = float((deltas["cuda_graphs"] - deltas["eager"]).norm() / deltas["eager"].norm())
+    return updater, rel
+
+
+@pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("kind", ("gaussian", "flow_t"))
+def test_cuda_graph_updates_track_eager(kind: str) -> None:
+    updater, rel = _graphed_vs_eager(kind, [random_batch(64, seed=s) for s in range(6)])
+    print(f"{kind}: |delta_graphs - delta_eager| / |delta_eager| = {rel:.2e}")
+    assert updater.skipped == 0 and len(updater._graphs) == 2  # one critic graph, one actor graph
+    assert rel < 0.05
+
+
+@pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")
+def test_cuda_graphs_skip_a_nan_step_on_the_device() -> None:
+    agent = tiny_agent(update_mode="cuda_graphs").to(CUDA)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updater.update(_to(random_batch(16), CUDA))
+    critic = [p.detach().clone() for p in agent.critic.parameters()]
+    updater.update(_to(random_batch(16, seed=2, rewards=torch.full((16,), float("nan"))), CUDA))
+    assert updater.skipped == 1
+    assert all(torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+    updater.update(_to(random_batch(16, seed=3), CUDA))
+    assert updater.nonfinite_streak["critic"] == 0
+    assert not all(torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+
+
 def test_replay_buffer_lives_on_cuda_and_checkpoints_to_cpu() -> None:
     buf = ReplayBuffer(100, 3, 2, CUDA)
     buf.add(np.zeros((10, 3)), np.zeros((10, 2)), np.ones(10), np.zeros((10, 3)), np.zeros(10))
@@ -115,7 +154,10 @@ def _pendulum_d4rl(path: Path) -> Path:
     return write_d4rl(ds, path)
 
 
-def test_offline_to_online_stages_run_on_cuda(tmp_path: Path) -> None:
+@pytest.mark.parametrize("update_mode", ("eager", "cuda_graphs"))
+def test_offline_to_online_stages_run_on_cuda(update_mode: str, tmp_path: Path) -> None:
+    if update_mode == "cuda_graphs" and CUDA.type != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
     """pretrain -> finetune -> evaluate with ``device=cuda`` (Lightning's GPU accelerator), Pendulum from D4RL data."""
     from pipeline.train import evaluate_checkpoints, finetune, pretrain
 
@@ -126,7 +168,7 @@ def test_offline_to_online_stages_run_on_cuda(tmp_path: Path) -> None:
         "pretrain.dataset.format=d4rl", f"pretrain.dataset.source={data}", "pretrain.steps=60",
         "pretrain.log_every=20", "pretrain.checkpoint_every=30", "finetune.env_id=Pendulum-v1",
         "finetune.total_steps=300", "finetune.learning_starts=0", "finetune.eval_every=300",
-        "finetune.eval_episodes=1", "finetune.log_every=100", "evaluate.episodes=2",
+        "finetune.eval_episodes=1", "finetune.log_every=100", "evaluate.episodes=2", f"sac.update_mode={update_mode}",
     ])
     pre = pretrain(cfg, tmp_path / "pretrain")
     state = load_checkpoint(run_checkpoint(tmp_path / "pretrain"))

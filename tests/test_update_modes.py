@@ -1,0 +1,103 @@
+"""``sac.update_mode``: the compiled update and the device-side non-finite guard it needs (no host syncs).
+
+The guard tests run the ``compile`` mode's functions eagerly (``torch.compiler.set_stance("force_eager")``) so they
+check the guard's maths in milliseconds; one test compiles for real. CUDA graphs are covered in test_cuda.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from conftest import random_batch, tiny_agent
+from pipeline.sac import NonFiniteError, SACUpdater, make_optimizers
+
+
+@pytest.fixture
+def force_eager() -> Iterator[None]:
+    torch.compiler.set_stance("force_eager")
+    yield
+    torch.compiler.set_stance("default")
+
+
+def nan_batch(seed: int):  # noqa: ANN201
+    return random_batch(16, seed=seed, rewards=torch.full((16,), float("nan")))
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.usefixtures("force_eager")
+def test_device_guard_skips_a_nan_step_and_keeps_the_weights() -> None:
+    agent = tiny_agent(max_nonfinite=3, update_mode="compile")
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updater.update(random_batch(16))
+    critic, actor, log_alpha = snapshot(agent.critic), snapshot(agent.actor), agent.log_alpha.detach().clone()
+    info = updater.update(nan_batch(2))
+    assert not torch.isfinite(info["critic_grad_norm"])
+    assert all(torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+    assert all(torch.isfinite(p).all() for p in agent.parameters())
+    assert updater.skipped == 1  # the critic step; the actor's loss stayed finite (rewards only reach the critic)
+    assert not all(torch.equal(a, b) for a, b in zip(actor, agent.actor.parameters()))
+    assert not torch.equal(log_alpha, agent.log_alpha)
+
+
+@pytest.mark.usefixtures("force_eager")
+def test_device_guard_streak_raises_when_read_and_a_finite_step_resets_it() -> None:
+    agent = tiny_agent(max_nonfinite=3, policy_delay=100, update_mode="compile")
+    updater = SACUpdater(agent, make_optimizers(agent))
+    for seed in range(4):
+        updater.update(nan_batch(seed))
+        updater.update(random_batch(16, seed=seed))
+    assert updater.skipped == 4 and updater.nonfinite_streak == {"critic": 0, "actor": 0}
+    for seed in range(3):
+        updater.update(nan_batch(10 + seed))  # no host sync here: the streak is only read below
+    with pytest.raises(NonFiniteError, match="3 consecutive non-finite critic updates"):
+        _ = updater.skipped
+
+
+@pytest.mark.usefixtures("force_eager")
+def test_device_guard_counters_survive_a_checkpoint() -> None:
+    agent = tiny_agent(update_mode="compile")
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updater.update(nan_batch(1))
+    state = updater.state_dict()
+    fresh = SACUpdater(agent, make_optimizers(agent))
+    fresh.load_state_dict(state)
+    assert fresh.skipped == 1 and fresh.nonfinite_streak["critic"] == 1 and fresh.updates == 1
+
+
+@pytest.mark.slow  # inductor compiles forward, backward and Adam of both steps: 1-2 min on two CPU cores
+def test_compiled_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    # inductor draws random numbers with its own generator unless told to fall back to eager's
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+
+    def run(mode: str) -> dict[str, torch.Tensor]:
+        torch.compiler.reset()
+        agent = tiny_agent({"kind": "flow_g"}, update_mode=mode)
+        updater = SACUpdater(agent, make_optimizers(agent))
+        torch.manual_seed(5)
+        for seed in range(3):
+            updater.update(random_batch(16, seed=seed))
+        assert updater.skipped == 0
+        return agent.state_dict()
+
+    eager, compiled = run("eager"), run("compile")
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_cuda_graphs_need_a_cuda_agent() -> None:
+    agent = tiny_agent(update_mode="cuda_graphs")
+    with pytest.raises(ValueError, match="sac.update_mode"):
+        SACUpdater(agent, make_optimizers(agent))
+
+
+def test_device_update_modes_are_refused_with_data_parallel_training() -> None:
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="sac.update_mode"):
+        load_config(overrides=["sac.update_mode=compile", "trainer.devices=2", "trainer.strategy=ddp"])
