@@ -68,6 +68,13 @@ def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.collect import collect
 
     cfg = _config(args)
+    if args.params and cfg.collect.kind == "none":
+        # the DVC pipeline is offline-to-online: its later stages read the dataset this stage makes
+        raise ConfigError(
+            f"preset {cfg.name!r} trains from scratch (collect.kind = 'none'), which the offline-to-online "
+            f"pipeline in dvc.yaml cannot run. Use `sacflow finetune --preset {cfg.name} --out runs/{cfg.name}`, "
+            f"or list the preset in bench/table/params.yaml and run `dvc repro bench/table/dvc.yaml`"
+        )
     _show_config(cfg, args.quiet)
     return collect(cfg, args.out)
 

@@ -52,6 +52,16 @@ def test_missing_dataset_file_is_named(capsys: pytest.CaptureFixture[str], tmp_p
     assert "nope.hdf5" in captured.out + captured.err
 
 
+def test_from_scratch_preset_in_the_dvc_pipeline_points_to_what_runs_it(capsys: pytest.CaptureFixture[str],
+                                                                         tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("preset: hopper_scratch_flow_g\nseed: 0\n")
+    assert main(["collect", "--params", str(params), "--quiet", "--out", str(tmp_path / "collect")]) == 2
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert "hopper_scratch_flow_g" in err and "sacflow finetune" in err and "bench/table" in err
+
+
 def test_presets_and_info_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["presets"]) == 0
     assert "smoke" in capsys.readouterr().out
