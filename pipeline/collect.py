@@ -67,6 +67,9 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
         env = gym.make(c.env_id, max_episode_steps=c.horizon) if c.horizon else gym.make(c.env_id)
         policy = None
         if c.policy_run is not None:
+            if cfg.sac.chunk > 1:
+                raise ConfigError("config key 'collect.policy_run' records one action per step; an agent trained "
+                                  f"with 'sac.chunk' = {cfg.sac.chunk} acts in chunks: collect with sac.chunk=1")
             policy = _agent_policy(cfg, c.policy_run, env.action_space, env.observation_space.shape[0])
         path = collect_minari(env, c.out, policy=policy, n_episodes=c.episodes, seed=cfg.seed,
                               ref_max_score=c.ref_max_score, overwrite=True,

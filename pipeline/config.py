@@ -102,6 +102,9 @@ class SACConfig:
     reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
     q_agg: Literal["min", "mean"] = "min"  # ensemble reduction in targets and actor loss (public O2O code: mean)
     max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
+    # action chunking: H actions per decision; the policy and critic act on the H*A chunk, rewards are summed with
+    # gamma^i inside it, and the critic bootstraps with gamma^H (the public offline-to-online code's option)
+    chunk: int = 1
     # eager | compile (torch.compile of the critic and actor steps) | cuda_graphs (each step replayed as one
     # CUDA graph; CUDA only). The last two decide on skipping a non-finite step on the device, without host syncs.
     update_mode: Literal["eager", "compile", "cuda_graphs"] = "eager"
@@ -205,6 +208,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("sac.act_noise_std", lambda v: v is None or v > 0, "> 0 or null"),
     ("sac.bc_weight", lambda v: v >= 0, ">= 0"),
     ("sac.max_nonfinite", lambda v: v >= 1, ">= 1"),
+    ("sac.chunk", lambda v: 1 <= v <= 64, "in [1, 64]"),
     ("threads", lambda v: v is None or v >= 1, ">= 1 or null"),
     ("trainer.devices", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),

@@ -26,9 +26,12 @@ def evaluate(agent: SACAgent, env: gym.Env, episodes: int, seed: int, determinis
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
         done, ret, length, success = False, 0.0, 0, False
+        queue: list[np.ndarray] = []
         while not done:
-            action = agent.act(torch.as_tensor(obs, device=device).unsqueeze(0), deterministic)[0]
-            obs, reward, terminated, truncated, info = env.step(action.cpu().numpy())
+            if not queue:  # an agent trained with action chunking decides H actions at once
+                chunk = agent.act(torch.as_tensor(obs, device=device).unsqueeze(0), deterministic)[0]
+                queue = list(chunk.cpu().numpy().reshape(-1, *env.action_space.shape))
+            obs, reward, terminated, truncated, info = env.step(queue.pop(0))
             ret += float(reward)
             length += 1
             if "success" in info:

@@ -61,6 +61,12 @@ class OnlineRunner:
         self.env_errors = 0
         self.obs: np.ndarray | None = None
         self.ep_return, self.ep_success = 0.0, False
+        # the decision in flight (action chunking; H = 1 is one action per decision): its state, its [H*A] actions,
+        # the actions still to execute, its discounted reward so far and its steps so far
+        self.chunk = cfg.sac.chunk
+        self.decision: tuple[np.ndarray, np.ndarray] | None = None
+        self.queue: list[np.ndarray] = []
+        self.chunk_reward, self.chunk_steps = 0.0, 0
         self.recent_returns: list[float] = []
         self.recent_successes: list[float] = []
         self.last_eval: dict[str, Any] = {}
@@ -73,17 +79,28 @@ class OnlineRunner:
             seed = self.cfg.seed if self.episodes == 0 else None
             self.obs, _ = self.env.reset(seed=seed)
             self.ep_return, self.ep_success = 0.0, False
-        if self.env_step < self.random_until:
-            action = self.env.action_space.sample()
-        else:
-            obs_t = torch.as_tensor(self.obs, device=self.device).unsqueeze(0)
-            action = self.agent.act(obs_t, deterministic=False)[0].cpu().numpy()
+        if not self.queue:  # a new decision
+            if self.env_step < self.random_until:
+                chunk = np.stack([self.env.action_space.sample() for _ in range(self.chunk)])
+            else:
+                obs_t = torch.as_tensor(self.obs, device=self.device).unsqueeze(0)
+                chunk = self.agent.act(obs_t, deterministic=False)[0].cpu().numpy().reshape(self.chunk, -1)
+            self.decision = (self.obs, chunk.reshape(-1))
+            self.queue = list(chunk)
+            self.chunk_reward, self.chunk_steps = 0.0, 0
+        action = self.queue.pop(0)
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         if info.get("env_error"):
             self.env_errors += 1
         ft = self.cfg.finetune
-        self.sampler.online.add(self.obs, action, training_reward(float(reward), self.cfg.sac),
-                                next_obs, float(terminated))
+        self.chunk_reward += self.cfg.sac.gamma ** self.chunk_steps * training_reward(float(reward), self.cfg.sac)
+        self.chunk_steps += 1
+        if terminated or not self.queue:
+            # a whole chunk, or one cut short by a true terminal; one cut by a time limit has no state H steps
+            # later and is dropped (pipeline.data.chunking applies the same rule to datasets)
+            self.sampler.online.add(*self.decision, self.chunk_reward, next_obs, float(terminated))
+        if terminated or truncated:
+            self.queue = []
         self.env_step += 1
         self.ep_return += float(reward)
         self.ep_success = self.ep_success or bool(info.get("success", False))

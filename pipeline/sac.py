@@ -2,7 +2,8 @@
 
 The update is the same whether a LightningModule or a bare loop drives it (``bench/`` measures the difference):
 
-    critic:  y = r + gamma (1 - terminal) (agg_k Q'_k(s', a') - alpha log pi(a'|s')),   a' ~ pi(.|s')
+    critic:  y = r + gamma^H (1 - terminal) (agg_k Q'_k(s', a') - alpha log pi(a'|s')),   a' ~ pi(.|s')
+             (H = sac.chunk actions per decision; 1 unless action chunking is on)
              L_Q = sum_k mean_B (Q_k(s, a) - y)^2
     actor:   L_pi = mean_B [alpha log pi(a~|s) - agg_k Q_k(s, a~)] + lambda_bc mean ||a~ - a_data||^2
     alpha:   L_alpha = -log_alpha * mean_B (log pi(a~|s) + target_entropy)
@@ -105,7 +106,8 @@ def critic_loss(agent: SACAgent, batch: Batch) -> tuple[torch.Tensor, dict[str, 
             q_next = agent.critic_target(next_obs, next_actions)
     with torch.no_grad():
         soft_value = agent.q_agg(q_next) - alpha * next_log_prob
-        target = batch.rewards + agent.cfg.gamma * (1.0 - batch.terminals) * soft_value
+        # a chunk of H actions spans H env steps: its reward is already the discounted sum, the bootstrap is gamma^H
+        target = batch.rewards + agent.cfg.gamma ** agent.cfg.chunk * (1.0 - batch.terminals) * soft_value
     loss = (q - target).pow(2).mean(dim=1).sum()
     return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "target_mean": target.mean()}
 

@@ -20,6 +20,7 @@ import torch
 from pipeline.checkpoint import RUN_CHECKPOINT, find_checkpoint, load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
 from pipeline.data import TransitionDataset, check_compatible, load_dataset
+from pipeline.data.chunking import chunk_transitions
 from pipeline.envs import make_env
 from pipeline.evaluation import evaluate
 from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
@@ -123,7 +124,7 @@ def _prepare(cfg: Config, out_dir: str | Path) -> Path:
 def pretrain(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     """Offline pretraining on ``cfg.pretrain.dataset``; returns the metrics written to ``metrics.json``."""
     out = _prepare(cfg, out_dir)
-    dataset = load_offline(cfg.pretrain.dataset)
+    dataset = chunk_transitions(load_offline(cfg.pretrain.dataset), cfg.sac.chunk, cfg.sac.gamma)
     if cfg.sac.batch_size > len(dataset):
         raise ConfigError(f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than the dataset "
                           f"{cfg.pretrain.dataset.source} ({len(dataset)} transitions)")
@@ -161,6 +162,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if offline is not None:
         check_compatible(offline, obs_dim, act_dim, dcfg.source)
+        offline = chunk_transitions(offline, cfg.sac.chunk, cfg.sac.gamma)
     init_state = None
     if ft.from_pretrained:
         init_state = load_checkpoint(run_checkpoint(pretrained))["agent"]
@@ -214,7 +216,7 @@ def evaluate_checkpoints(cfg: Config, checkpoints: dict[str, str | Path], out_di
         done = 0
         for name, path in checkpoints.items():
             state = load_checkpoint(run_checkpoint(path), map_location=device)
-            agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac).to(device)
+            agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac).to(device)
             agent.load_state_dict(state["agent"])
             results[name] = {}
             for deterministic in modes:

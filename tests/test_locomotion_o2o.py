@@ -22,9 +22,10 @@ TINY = [
 ]
 
 
-def test_hopper_o2o_preset_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("chunk", [1, 4])  # one action per decision, and action chunks of 4
+def test_hopper_o2o_preset_runs_end_to_end(chunk: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    cfg = load_config("hopper_o2o", TINY)
+    cfg = load_config("hopper_o2o", [*TINY, f"sac.chunk={chunk}"])
     stats = collect(cfg, tmp_path / "collect")
     assert stats["kind"] == "minari" and stats["episodes"] == 3
 

@@ -31,7 +31,8 @@ class OnlineFinetune(L.LightningModule):
         self.offline, self.resume_state, self.progress = offline, resume_state, progress
         self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.train.run_fingerprint)
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-        self.agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac)
+        # with action chunking the agent decides H actions at once: its action is the [H * A] chunk
+        self.agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac)
         self.from_scratch = init_state is None
         if init_state is not None:
             self.agent.load_state_dict(init_state)
