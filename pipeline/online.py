@@ -26,8 +26,11 @@ from pipeline.sac import SACAgent, SACUpdater, training_reward
 TRAIN_COLUMNS = [
     "env_step", "updates", "episodes", "episode_return", "episode_success", "alpha", "entropy", "actor_loss",
     "critic_loss", "q_mean", "actor_q", "bc_mse", "actor_grad_norm", "critic_grad_norm", "updates_per_s",
-    "env_steps_per_s", "skipped_updates", "env_errors",
+    "env_steps_per_s", "skipped_updates", "env_errors", "env_share", "act_share", "update_share", "eval_share",
 ]
+# where the wall time between two log rows went (fractions; the rest is logging, buffer writes and checkpoints).
+# On CUDA, "update" holds what the host waits for: kernels still queued at the next sync land in the next phase.
+PHASES = ("env", "act", "update", "eval")
 EVAL_COLUMNS = ["env_step", "mode", "return_mean", "return_std", "success_rate", "length_mean", "episodes"]
 
 
@@ -67,6 +70,7 @@ class OnlineRunner:
         self.decision: tuple[np.ndarray, np.ndarray] | None = None
         self.queue: list[np.ndarray] = []
         self.chunk_reward, self.chunk_steps = 0.0, 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)  # per phase, since the last log row
         self.recent_returns: list[float] = []
         self.recent_successes: list[float] = []
         self.last_eval: dict[str, Any] = {}
@@ -83,13 +87,17 @@ class OnlineRunner:
             if self.env_step < self.random_until:
                 chunk = np.stack([self.env.action_space.sample() for _ in range(self.chunk)])
             else:
+                t0 = time.perf_counter()
                 obs_t = torch.as_tensor(self.obs, device=self.device).unsqueeze(0)
                 chunk = self.agent.act(obs_t, deterministic=False)[0].cpu().numpy().reshape(self.chunk, -1)
+                self.seconds["act"] += time.perf_counter() - t0
             self.decision = (self.obs, chunk.reshape(-1))
             self.queue = list(chunk)
             self.chunk_reward, self.chunk_steps = 0.0, 0
         action = self.queue.pop(0)
+        t0 = time.perf_counter()
         next_obs, reward, terminated, truncated, info = self.env.step(action)
+        self.seconds["env"] += time.perf_counter() - t0
         if info.get("env_error"):
             self.env_errors += 1
         ft = self.cfg.finetune
@@ -106,8 +114,10 @@ class OnlineRunner:
         self.ep_success = self.ep_success or bool(info.get("success", False))
         self.obs = next_obs
         if self.env_step > self.updates_from:
+            t0 = time.perf_counter()
             for _ in range(self.cfg.sac.utd):
                 self.means.add(self.updater.update(self.sampler.sample(self.cfg.sac.batch_size)))
+            self.seconds["update"] += time.perf_counter() - t0
         if self.env_step % ft.log_every == 0:
             self.write_log_row()
         if self.eval_env is not None and ft.eval_episodes > 0 and self.env_step % ft.eval_every == 0:
@@ -130,7 +140,9 @@ class OnlineRunner:
             updates_per_s=(self.updater.updates - self._updates_log) / elapsed,
             env_steps_per_s=(self.env_step - self._step_log) / elapsed,
             skipped_updates=self.updater.skipped, env_errors=self.env_errors, alpha=self.agent.alpha.item(),
+            **{f"{k}_share": v / elapsed for k, v in self.seconds.items()},
         )
+        self.seconds = dict.fromkeys(PHASES, 0.0)
         if self.recent_returns:
             row["episode_return"] = float(np.mean(self.recent_returns))
             row["episode_success"] = float(np.mean(self.recent_successes))
@@ -142,10 +154,12 @@ class OnlineRunner:
         """Deterministic (and, with ``evaluate.both``, stochastic) evaluation on fixed seeds, logged to eval.csv."""
         ev = self.cfg.evaluate
         modes = [True, False] if ev.both else [ev.deterministic]
+        t0 = time.perf_counter()
         for deterministic in modes:
             result = evaluate(self.agent, self.eval_env, self.cfg.finetune.eval_episodes, ev.seed, deterministic)
             self.eval_log.append({"env_step": self.env_step, **result})
             self.last_eval[result["mode"]] = result
+        self.seconds["eval"] += time.perf_counter() - t0
         return self.last_eval
 
     # -- checkpoints ----------------------------------------------------------------------------------------

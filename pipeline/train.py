@@ -25,6 +25,7 @@ from pipeline.envs import make_env
 from pipeline.evaluation import evaluate
 from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
 from pipeline.metrics import write_json
+from pipeline.online import PHASES
 from pipeline.progress import stage_progress
 from pipeline.runtime import resolve_device, seed_everything, set_threads
 from pipeline.sac import SACAgent
@@ -189,6 +190,11 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
                                "seconds": time.perf_counter() - t0, "resumed_from": start,
                                "from_pretrained": ft.from_pretrained, "skipped_updates": runner.updater.skipped,
                                "env_errors": runner.env_errors, **runner.sampler.composition()}
+    rows = runner.train_log.rows()
+    for phase in PHASES:  # share of the wall time, averaged over the log rows
+        shares = [float(r[f"{phase}_share"]) for r in rows if r.get(f"{phase}_share") not in ("", None)]
+        if shares:
+            metrics[f"{phase}_time_share"] = sum(shares) / len(shares)
     for mode, result in final.items():
         for k in ("return_mean", "success_rate"):
             if k in result:

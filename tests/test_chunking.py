@@ -75,5 +75,7 @@ def test_online_loop_decides_every_h_steps_and_drops_chunks_cut_by_a_time_limit(
     # two 200-step episodes: 66 whole chunks each; the last 2 steps of each are cut by the time limit
     assert metrics["env_steps"] == 400 and metrics["online_transitions"] == 132
     assert np.isfinite(metrics["eval_deterministic_return_mean"])
+    shares = [metrics[f"{p}_time_share"] for p in ("env", "act", "update", "eval")]
+    assert all(0 <= x < 1 for x in shares) and metrics["env_time_share"] > 0 and sum(shares) <= 1.0 + 1e-6
     state = load_checkpoint(run_checkpoint(tmp_path))
     assert state["buffer"]["data"]["actions"].shape[1] == 3  # Pendulum's one action dim x H = 3
