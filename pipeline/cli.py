@@ -33,7 +33,11 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _show_config(cfg: Config, quiet: bool) -> None:
-    if quiet:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # a data-parallel run re-runs this command once per rank: only rank 0 (by Lightning's reading of the
+    # launcher's environment variables) shows the tree
+    if quiet or rank_zero_only.rank != 0:
         return
     tree = Tree(f"[bold]config[/bold] {cfg.name}")
 

@@ -91,7 +91,7 @@ class SACConfig:
     init_alpha: float = 0.2  # initial temperature
     learn_alpha: bool = True  # tune alpha towards target_entropy
     target_entropy: float | None = None  # None: -|A|
-    batch_size: int = 256
+    batch_size: int = 256  # per process: data-parallel pretraining averages devices x num_nodes such batches
     utd: int = 1  # critic updates per environment step
     policy_delay: int = 1  # actor and alpha update every N critic updates
     grad_clip: float | None = None  # max grad norm for actor and critic (None: off)
@@ -113,9 +113,12 @@ class SACConfig:
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"  # Lightning accelerator: auto | cpu | gpu
-    devices: int = 1  # processes / GPUs (pretrain supports DDP)
-    strategy: str = "auto"  # Lightning strategy: auto | ddp
-    num_nodes: int = 1
+    # Processes (CPU) or GPUs per node. Above 1 (or num_nodes above 1) pretraining runs data-parallel (DDP): each
+    # process samples its own sac.batch_size batch, so the global batch is devices x num_nodes x sac.batch_size.
+    # Pretrain only: the online stages run in one process.
+    devices: int = 1
+    strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when devices x num_nodes > 1, else one process
+    num_nodes: int = 1  # machines (Slurm: $SLURM_NNODES); every node runs `devices` processes
     progress: bool = True  # rich progress bars (off in CI logs)
 
 
@@ -160,7 +163,7 @@ class EvaluateConfig:
 @dataclass
 class Config:
     name: str = "default"  # run name (the preset's)
-    seed: int = 0
+    seed: int = 0  # DDP rank r samples its batches with seed + r
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch CPU threads. One: RL-sized nets gain little from a second thread, and OpenMP threads that share cores
     # with anything else (an env, another run) stall at every barrier, measured 30-100x slower. None: torch default.
@@ -251,11 +254,12 @@ def validate(cfg: Config) -> None:
             f"config key 'policy.d_model' = {cfg.policy.d_model} must be divisible by "
             f"'policy.n_heads' = {cfg.policy.n_heads}"
         )
-    if cfg.sac.update_mode != "eager" and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    if cfg.sac.update_mode != "eager" and (world > 1 or cfg.trainer.strategy == "ddp"):
         raise ConfigError(
             f"config key 'sac.update_mode' = {cfg.sac.update_mode!r} bypasses Lightning's backward, which "
-            f"all-reduces gradients across the {cfg.trainer.devices * cfg.trainer.num_nodes} processes of "
-            f"'trainer.devices' x 'trainer.num_nodes': use 'eager' with data-parallel training"
+            f"all-reduces gradients across the {world} DDP process(es) of 'trainer.devices' x 'trainer.num_nodes' "
+            f"(trainer.strategy = {cfg.trainer.strategy!r}): use 'eager' with data-parallel training"
         )
     if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
         raise ConfigError(

@@ -28,13 +28,14 @@ def _plain(value: Any) -> Any:
 
 
 class CSVLog:
-    """Append-only table with a fixed header; ``step_key`` orders rows for resume truncation."""
+    """Append-only table with a fixed header; ``step_key`` orders rows for resume truncation.
+
+    The file appears with the first write (``reset``, ``truncate_after``, ``append``), so a process that only
+    holds the object, such as a DDP rank other than 0, never touches the disk.
+    """
 
     def __init__(self, path: str | Path, columns: list[str], step_key: str) -> None:
         self.path, self.columns, self.step_key = Path(path), columns, step_key
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.path.exists():
-            self._rewrite([])
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
         def write(f: Any) -> None:
@@ -49,6 +50,8 @@ class CSVLog:
         atomic_write(self.path, write)
 
     def rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
         with self.path.open(newline="") as f:
             return list(csv.DictReader(f))
 
@@ -64,6 +67,8 @@ class CSVLog:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise KeyError(f"{self.path}: columns {sorted(unknown)} are not in the table's header {self.columns}")
+        if not self.path.exists():
+            self._rewrite([])
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns).writerow({k: _plain(v) for k, v in row.items()})
 

@@ -265,7 +265,11 @@ class SACUpdater:
               what: str) -> tuple[torch.Tensor, torch.Tensor | bool]:
         """Backward, clip, step; returns the gradient norm and whether the step was taken (a tensor on device)."""
         opt.zero_grad(set_to_none=self.mode != "cuda_graphs")  # a graph replays into the same .grad tensors
-        self.backward(loss)
+        # Eager (the mode data-parallel runs use): a non-finite loss poisons its own gradients (the factor is
+        # exactly 1 otherwise). Under DDP the averaged gradient, and so its norm, then turns non-finite on every
+        # rank: all ranks skip the step together even when only one rank's batch went bad, and their weights stay
+        # identical.
+        self.backward(loss if self.on_device else loss * torch.where(torch.isfinite(loss), 1.0, torch.nan))
         norm = grad_norm(params, self.agent.cfg.grad_clip)
         if self.on_device:
             return norm, self._device_guarded_step(loss, norm, opt, params, what)

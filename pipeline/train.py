@@ -16,11 +16,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 
 from pipeline.checkpoint import RUN_CHECKPOINT, find_checkpoint, load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
 from pipeline.data import TransitionDataset, check_compatible, load_dataset
 from pipeline.data.chunking import chunk_transitions
+from pipeline.distributed import process_rank
 from pipeline.envs import make_env
 from pipeline.evaluation import evaluate
 from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
@@ -102,29 +104,54 @@ def env_options_for(env_id: str, dataset: TransitionDataset | None, options: dic
     return opts
 
 
-def make_trainer(cfg: Config) -> L.Trainer:
+def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """The Lightning ``Trainer`` of a stage: one epoch over the step indices, no Lightning logging/checkpointing.
+
+    More than one process (``trainer.devices * trainer.num_nodes > 1``) or ``trainer.strategy = ddp`` runs
+    Lightning's DDP with its subprocess launcher: rank 0 re-runs the same command line for the other local ranks
+    (``python -m pipeline.cli ...``, ``stages/pretrain.py``, the ``sacflow`` script alike), or srun/torchrun
+    start every rank. ``ddp_spawn`` is not needed: it would pickle the LightningModule (with its progress
+    callback) into fresh interpreters, and buys nothing for a command-line program.
+    """
     t = cfg.trainer
     device = resolve_device(cfg.device)
     accelerator = t.accelerator if t.accelerator != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    strategy: str | DDPStrategy = t.strategy
+    if t.strategy == "ddp" or t.devices * t.num_nodes > 1:
+        # One SAC update runs three backward passes (critic, actor, alpha), each touching only part of the
+        # parameters. DDP's reducer expects every parameter in every backward unless it looks for unused ones;
+        # with it, each manual_backward all-reduces (averages) exactly the gradients that loss produced.
+        strategy = DDPStrategy(find_unused_parameters=True)
     return L.Trainer(
-        accelerator=accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, max_epochs=1,
+        accelerator=accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes, max_epochs=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=False,
+        num_sanity_val_steps=0, deterministic=False, callbacks=callbacks,
     )
 
 
-def _prepare(cfg: Config, out_dir: str | Path) -> Path:
+def _prepare(cfg: Config, out_dir: str | Path, rank: int = 0) -> Path:
+    """Create ``out_dir``, set threads, seed ``cfg.seed + rank`` (each DDP rank samples its own batches) and,
+    on rank 0 only, write ``config.yaml``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    save_config(cfg, out / "config.yaml")
+    seed_everything(cfg.seed + rank)
+    if rank == 0:
+        save_config(cfg, out / "config.yaml")
     return out
 
 
-def pretrain(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
-    """Offline pretraining on ``cfg.pretrain.dataset``; returns the metrics written to ``metrics.json``."""
-    out = _prepare(cfg, out_dir)
+def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | None = None) -> dict[str, Any]:
+    """Offline pretraining on ``cfg.pretrain.dataset``; returns the metrics written to ``metrics.json``.
+
+    Data-parallel (``trainer.devices`` / ``trainer.num_nodes``): every rank runs this function. Each reads the
+    dataset and the run's checkpoint and samples its own batches (seed + rank); gradients are averaged, so the
+    ranks keep identical weights and the global batch is ``world_size * sac.batch_size``. Only rank 0 writes
+    files or shows progress; the other ranks return ``{}``. ``callbacks``: extra Lightning callbacks.
+    """
+    trainer = make_trainer(cfg, callbacks)
+    rank = process_rank(trainer)
+    out = _prepare(cfg, out_dir, rank)
     dataset = chunk_transitions(load_offline(cfg.pretrain.dataset), cfg.sac.chunk, cfg.sac.gamma)
     if cfg.sac.batch_size > len(dataset):
         raise ConfigError(f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than the dataset "
@@ -134,22 +161,40 @@ def pretrain(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     start = resume["step"] if resume else 0
     total = cfg.pretrain.steps
     t0 = time.perf_counter()
-    with stage_progress("pretrain", total, start, cfg.trainer.progress) as bar:
+    with stage_progress("pretrain", total, start, cfg.trainer.progress and rank == 0) as bar:
         module = OfflinePretrain(cfg, dataset, out, resume_state=resume, fingerprint=fingerprint,
                                  progress=lambda m: bar(m.step_count) if m.step_count % 50 == 0 else None)
         if start < total:
-            make_trainer(cfg).fit(module, datamodule=StepDataModule(start, total))
+            trainer.fit(module, datamodule=StepDataModule(start, total))
+    if rank != 0:
+        return {}
     rows = module.log_csv.rows()
+    world = trainer.world_size
     metrics = {"stage": "pretrain", "steps": total, "dataset": cfg.pretrain.dataset.source,
-               "transitions": len(dataset), "seconds": time.perf_counter() - t0, "resumed_from": start}
+               "transitions": len(dataset), "seconds": time.perf_counter() - t0, "resumed_from": start,
+               "world_size": world, "global_batch": world * cfg.sac.batch_size}
+    if module.updates_per_second is not None:
+        metrics["updates_per_second"] = module.updates_per_second
     if rows:
         metrics.update({f"final_{k}": float(v) for k, v in rows[-1].items() if v not in ("", None) and k != "step"})
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
+def _check_single_process(cfg: Config, stage: str) -> None:
+    """Reject data-parallel trainer settings for a stage that runs in one process, naming the key to change."""
+    t = cfg.trainer
+    for key, value, single in (("trainer.devices", t.devices, 1), ("trainer.num_nodes", t.num_nodes, 1),
+                               ("trainer.strategy", t.strategy, "auto")):
+        if value != single:
+            raise ConfigError(
+                f"config key {key!r} = {value!r}: the {stage} stage runs in a single process (one environment "
+                f"loop feeds the updates); set {key}={single} for it. Only pretrain runs data-parallel.")
+
+
 def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = None) -> dict[str, Any]:
     """Online SAC: from the agent in ``pretrained`` (a pretrain run's checkpoint) or from scratch."""
+    _check_single_process(cfg, "finetune")
     out = _prepare(cfg, out_dir)
     ft = cfg.finetune
     if ft.from_pretrained and pretrained is None:

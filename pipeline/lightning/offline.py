@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from pipeline.buffers import ReplayBuffer
 from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
+from pipeline.distributed import all_gather_objects
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, training_reward
@@ -26,6 +28,10 @@ class OfflinePretrain(L.LightningModule):
 
     The actor objective is ``flow_weight * flow-matching + q_weight * (alpha log pi - Q) + bc_weight * ||a - a_data||^2``
     (``pretrain.*``); with ``q_weight = 0`` and ``train_critic = false`` it is plain flow BC.
+
+    Under DDP every rank holds the whole dataset and draws its own batch from its own random stream; the
+    gradients are averaged in ``manual_backward``. Log rows average the ranks' metrics; rank 0 writes the CSV and
+    the checkpoints, which carry every rank's random state so that a resumed run continues each rank's stream.
     """
 
     def __init__(self, cfg: Config, dataset: Any, run_dir: str | Path, resume_state: dict[str, Any] | None = None,
@@ -41,6 +47,10 @@ class OfflinePretrain(L.LightningModule):
         self.step_count = 0
         self.log_csv = CSVLog(self.run_dir / "pretrain.csv", PRETRAIN_COLUMNS, "step")
         self.means = RunningMeans()
+        # (step, perf_counter) after the first and the latest update of this fit: throughput without the first
+        # update, which pays for lazy set-up (DDP builds its gradient buckets then)
+        self._first_timed: tuple[int, float] | None = None
+        self._last_timed: tuple[int, float] | None = None
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         opts = make_optimizers(self.agent)
@@ -58,8 +68,12 @@ class OfflinePretrain(L.LightningModule):
                                   backward=self.manual_backward)
         if self.resume_state is not None:
             self.load_state(self.resume_state)
-        else:
+        elif self.trainer.is_global_zero:
             self.log_csv.reset()
+        steps = all_gather_objects((self.step_count, self.fingerprint))
+        if len(set(steps)) > 1:
+            raise RuntimeError(f"DDP ranks start from different checkpoints (step, run) = {steps}: every rank must "
+                               f"read {self.run_dir / RUN_CHECKPOINT} (put --out on a filesystem all nodes share)")
 
     def training_step(self, step: int, batch_idx: int) -> None:
         pt = self.cfg.pretrain
@@ -69,22 +83,46 @@ class OfflinePretrain(L.LightningModule):
         self.means.add(info)
         self.step_count += 1
         if self.step_count % pt.log_every == 0:
-            row = {k: v for k, v in self.means.pop().items() if k in PRETRAIN_COLUMNS}
+            row = {k: v for k, v in self._mean_over_ranks(self.means.pop()).items() if k in PRETRAIN_COLUMNS}
             row.update(step=self.step_count, alpha=self.agent.alpha.item(), skipped_updates=self.updater.skipped)
-            self.log_csv.append(row)
+            if self.trainer.is_global_zero:
+                self.log_csv.append(row)
         if self.step_count % pt.checkpoint_every == 0:
             self.save()
+        self._last_timed = (self.step_count, time.perf_counter())
+        self._first_timed = self._first_timed or self._last_timed
         if self.progress is not None:
             self.progress(self)
 
-    def on_train_end(self) -> None:
-        self.save()
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        """The ranks' values averaged (one all-reduce); every rank logs the same keys at the same steps."""
+        if self.trainer.world_size == 1:
+            return values
+        keys = sorted(values)
+        mean = self.trainer.strategy.reduce(torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                                                         device=self.device), reduce_op="mean")
+        return dict(zip(keys, mean.tolist()))
 
-    def state(self) -> dict[str, Any]:
+    @property
+    def updates_per_second(self) -> float | None:
+        """Updates per second of this fit after its first update (None with fewer than two updates)."""
+        if self._first_timed is None or self._last_timed[0] == self._first_timed[0]:
+            return None
+        (s0, t0), (s1, t1) = self._first_timed, self._last_timed
+        return (s1 - s0) / (t1 - t0)
+
+    def on_train_end(self) -> None:
+        if self.step_count % self.cfg.pretrain.checkpoint_every:  # else training_step has just saved this step
+            self.save()
+
+    def state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The checkpoint: rank 0's agent and optimizers (all ranks hold the same) and every rank's ``ranks``
+        entry (random state and partial log row; ``rng``/``means`` repeat rank 0's)."""
         return {"agent": self.agent.state_dict(), "updater": self.updater.state_dict(), "step": self.step_count,
                 "fingerprint": self.fingerprint,
-                "rng": rng_state(),
-                "means": self.means.state_dict(),
+                "rng": ranks[0]["rng"],
+                "means": ranks[0]["means"],
+                "ranks": ranks,
                 "normalization": None if self.dataset.normalization is None else self.dataset.normalization.to_dict(),
                 "dims": {"obs": self.agent.obs_dim, "act": self.agent.act_dim}}
 
@@ -92,10 +130,19 @@ class OfflinePretrain(L.LightningModule):
         self.agent.load_state_dict(state["agent"])
         self.updater.load_state_dict(state["updater"])
         self.step_count = state["step"]
-        self.means.load_state_dict(state["means"], self.device)
-        set_rng_state(state["rng"])
-        self.log_csv.truncate_after(self.step_count)
+        # checkpoints from before DDP support hold one process's state only
+        ranks = state.get("ranks") or [{"rng": state["rng"], "means": state["means"]}]
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if len(ranks) != world:  # the run fingerprint covers trainer.devices/num_nodes, so this means a bug
+            raise RuntimeError(f"checkpoint of step {self.step_count} holds {len(ranks)} ranks' state, this run "
+                               f"has {world} ranks")
+        self.means.load_state_dict(ranks[rank]["means"], self.device)
+        set_rng_state(ranks[rank]["rng"])
+        if self.trainer.is_global_zero:
+            self.log_csv.truncate_after(self.step_count)
 
     def save(self) -> None:
+        """Checkpoint (rank 0 writes). A collective under DDP: every rank calls it at the same steps."""
+        ranks = all_gather_objects({"rng": rng_state(), "means": self.means.state_dict()})
         if self.trainer.is_global_zero:
-            save_checkpoint(self.state(), self.run_dir / RUN_CHECKPOINT)
+            save_checkpoint(self.state(ranks), self.run_dir / RUN_CHECKPOINT)
