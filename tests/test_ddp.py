@@ -177,3 +177,15 @@ def test_finetune_rejects_data_parallel_settings(tmp_path: Path, capsys: pytest.
 def test_unknown_strategy_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="trainer.strategy"):
         load_config("smoke", ["trainer.strategy=ddp_spawn"])
+
+
+def test_single_process_checkpoint_without_per_rank_entries_still_resumes(tmp_path: Path,
+                                                                          tiny_data: list[str]) -> None:
+    """Checkpoints written before data-parallel support kept one process's rng and means at the top level."""
+    cfg = load_config("smoke", [*tiny_data, "pretrain.steps=20"])
+    pretrain(cfg, tmp_path / "run")
+    path = tmp_path / "run/checkpoints/last.pt"
+    state = load_checkpoint(path)
+    (rank0,) = state.pop("ranks")
+    torch.save({**state, **rank0}, path)
+    assert pretrain(load_config("smoke", [*tiny_data, "pretrain.steps=30"]), tmp_path / "run")["resumed_from"] == 20

@@ -116,12 +116,10 @@ class OfflinePretrain(L.LightningModule):
             self.save()
 
     def state(self, ranks: list[dict[str, Any]]) -> dict[str, Any]:
-        """The checkpoint: rank 0's agent and optimizers (all ranks hold the same) and every rank's ``ranks``
-        entry (random state and partial log row; ``rng``/``means`` repeat rank 0's)."""
+        """The checkpoint: rank 0's agent and optimizers (every rank holds the same) and ``ranks``, each rank's
+        random state and partial log row in rank order (one entry for a single process)."""
         return {"agent": self.agent.state_dict(), "updater": self.updater.state_dict(), "step": self.step_count,
                 "fingerprint": self.fingerprint,
-                "rng": ranks[0]["rng"],
-                "means": ranks[0]["means"],
                 "ranks": ranks,
                 "normalization": None if self.dataset.normalization is None else self.dataset.normalization.to_dict(),
                 "dims": {"obs": self.agent.obs_dim, "act": self.agent.act_dim}}
@@ -130,8 +128,8 @@ class OfflinePretrain(L.LightningModule):
         self.agent.load_state_dict(state["agent"])
         self.updater.load_state_dict(state["updater"])
         self.step_count = state["step"]
-        # checkpoints from before DDP support hold one process's state only
-        ranks = state.get("ranks") or [{"rng": state["rng"], "means": state["means"]}]
+        # checkpoints written before data-parallel support hold one process's rng and means at the top level
+        ranks = state["ranks"] if "ranks" in state else [{"rng": state["rng"], "means": state["means"]}]
         rank, world = self.trainer.global_rank, self.trainer.world_size
         if len(ranks) != world:  # the run fingerprint covers trainer.devices/num_nodes, so this means a bug
             raise RuntimeError(f"checkpoint of step {self.step_count} holds {len(ranks)} ranks' state, this run "
