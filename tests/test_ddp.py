@@ -174,9 +174,12 @@ def test_finetune_rejects_data_parallel_settings(tmp_path: Path, capsys: pytest.
     assert "trainer.devices" in captured.out + captured.err
 
 
-def test_unknown_strategy_is_a_config_error() -> None:
+def test_data_parallel_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match="trainer.strategy"):
         load_config("smoke", ["trainer.strategy=ddp_spawn"])
+    # compiled and graphed updates call backward themselves, past DDP's all-reduce: even a one-process DDP run
+    with pytest.raises(ConfigError, match="sac.update_mode"):
+        load_config("smoke", ["sac.update_mode=compile", "trainer.strategy=ddp"])
 
 
 def test_single_process_checkpoint_without_per_rank_entries_still_resumes(tmp_path: Path,
