@@ -5,8 +5,9 @@
 For each worker count, a fresh clone of this repository's HEAD (so no DVC run cache carries over) queues
 ``--experiments`` seeds of ``--preset`` through ``sacflow table queue``'s code, starts the workers and waits until
 every experiment finished. The clock runs from ``dvc queue start`` to the last experiment's success, so it holds
-DVC's per-experiment costs (temporary workspace, commit, cache) as well as the runs. Mean stage seconds come from
-the experiments' own result records. Uncommitted changes are not benchmarked: commit first.
+DVC's per-experiment costs (temporary workspace, commit, cache) as well as the runs; the mean pipeline run (without
+imports and DVC) comes from the experiments' own result records. Uncommitted changes are not benchmarked: commit
+first.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def main() -> None:
         for jobs in args.jobs:
             results[jobs] = r = measure(jobs, args.preset, args.experiments, args.set, Path(work))
             print(f"{jobs} worker(s): {args.experiments} x {args.preset} in {r['seconds']:.1f} s = "
-                  f"{r['per_minute']:.2f} experiments/min (mean stage {r['stage_seconds']:.1f} s)", flush=True)
+                  f"{r['per_minute']:.2f} experiments/min (mean pipeline run {r['stage_seconds']:.1f} s)",
+                  flush=True)
     base = results[args.jobs[0]]["per_minute"]
     for jobs in args.jobs[1:]:
         print(f"ratio {jobs} / {args.jobs[0]} workers: {results[jobs]['per_minute'] / base:.2f}x")

@@ -112,15 +112,16 @@ def table_rows(runs: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any
     return rows
 
 
+def ci_cell(row: dict[str, Any], key: str) -> str:
+    """``"mean ± half-width"`` of a table row's ``key`` (empty where no run reported it)."""
+    return f"{row[key]:.3f} ± {row[key + '_ci95']:.3f}" if key in row else ""
+
+
 def write_table(rows: list[dict[str, Any]], out: str | Path) -> str:
     """Write ``rows`` as a markdown table to ``out`` and as JSON next to it; returns the markdown."""
-
-    def cell(r: dict[str, Any], k: str) -> str:
-        return f"{r[k]:.3f} ± {r[k + '_ci95']:.3f}" if k in r else ""
-
     lines = ["| preset | agent | mode | seeds | success rate | return |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['agent']} | {r['mode']} | {r['seeds']} | {cell(r, 'success_rate')} | "
-              f"{cell(r, 'return_mean')} |" for r in rows]
+    lines += [f"| {r['preset']} | {r['agent']} | {r['mode']} | {r['seeds']} | {ci_cell(r, 'success_rate')} | "
+              f"{ci_cell(r, 'return_mean')} |" for r in rows]
     text = "Mean ± 95 % confidence half-width over seeds.\n\n" + "\n".join(lines) + "\n"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -137,16 +137,14 @@ def _seeds(text: str) -> list[int]:
 
 
 def _show_table(rows: list[dict[str, Any]], title: str) -> None:
+    from pipeline.benchmark import ci_cell
+
     table = Table(title=title)
     for column in ("preset", "agent", "mode", "seeds", "success rate", "return"):
         table.add_column(column)
-
-    def cell(r: dict[str, Any], k: str) -> str:
-        return f"{r[k]:.3f} ± {r[k + '_ci95']:.3f}" if k in r else ""
-
     for r in rows:
-        table.add_row(r["preset"], r["agent"], r["mode"], str(r["seeds"]), cell(r, "success_rate"),
-                      cell(r, "return_mean"))
+        table.add_row(escape(r["preset"]), r["agent"], r["mode"], str(r["seeds"]), ci_cell(r, "success_rate"),
+                      ci_cell(r, "return_mean"))
     results_console.print(table)
 
 
@@ -177,6 +175,8 @@ def cmd_table_queue(args: argparse.Namespace) -> int:
     from pipeline import exp_queue
 
     presets, seeds = _names(args.presets, "presets"), _seeds(args.seeds)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: expected at least one worker")
     baseline = exp_queue.check_repo(args.repo)
     names = exp_queue.queue_table(presets, seeds, list(args.set or []), args.repo)
     console.print(f"queued {len(names)} experiments: {', '.join(names)}")

@@ -59,7 +59,7 @@ def dvc_env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], repo: Path) -> str:
-    proc = subprocess.run(cmd, cwd=repo, env=dvc_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, env=dvc_env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         output = (proc.stdout + proc.stderr).strip()[-3000:]
         raise QueueError(f"`{' '.join(cmd)}` failed in {repo} (exit {proc.returncode}):\n{output}")
@@ -84,7 +84,7 @@ def check_repo(repo: str | Path) -> str:
         raise QueueError(f"{repo.resolve()} has no git commit: queued experiments start from one, so commit the "
                          "project first") from None
     for key in ("user.name", "user.email"):
-        if subprocess.run(["git", "config", key], cwd=repo, capture_output=True).returncode != 0:
+        if subprocess.run(["git", "config", key], cwd=repo, capture_output=True, check=False).returncode != 0:
             raise QueueError(f"git {key} is not set in {repo.resolve()}: queue workers commit every experiment; "
                              f"set it with `git config {key} ...`")
     return head

@@ -8,11 +8,11 @@ from pathlib import Path
 # experiment was queued with), not an installed or PYTHONPATH one, which may be another revision.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
+import yaml
 
-from pipeline.benchmark import run_experiment  # noqa: E402
-from pipeline.cli import quiet_libraries  # noqa: E402
-from pipeline.config import ConfigError  # noqa: E402
+from pipeline.benchmark import run_experiment
+from pipeline.cli import quiet_libraries
+from pipeline.config import ConfigError
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--params", default="bench/queue/params.yaml", help="YAML with preset, seed and config")

@@ -1,8 +1,9 @@
 """``sacflow table``: a benchmark table in one process (``run``) and as DVC experiments (``queue``, ``gather``).
 
-The queue runs through real DVC in a temporary git repo: ``sacflow table queue`` queues 2 presets x 2 seeds of ``bench/queue/dvc.yaml``, two ``dvc queue`` workers run them,
-and the table gathered from ``dvc exp show`` has 2 seeds per preset. The result records show that every experiment
-ran in its own temporary workspace and that the two workers ran side by side.
+The queue runs through real DVC in a temporary git repo: ``sacflow table queue`` queues 2 presets x 2 seeds of
+``bench/queue/dvc.yaml``, two ``dvc queue`` workers run them, and the table gathered from ``dvc exp show`` has 2 seeds
+per preset. The result records show that every experiment ran in its own temporary workspace and that the two
+workers ran side by side.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ TINY = {
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
