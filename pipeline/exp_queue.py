@@ -120,6 +120,10 @@ def queue_table(presets: list[str], seeds: list[int], overrides: Overrides | Non
                 repo: str | Path = ".") -> list[str]:
     """Queue one experiment per (preset, seed) of ``bench/queue/dvc.yaml``; returns the experiments' names."""
     check_repo(repo)
+    for preset in presets:  # a queued experiment sees committed files only (and changes to them)
+        if not _run(["git", "ls-files", f"configs/{preset}.yaml"], Path(repo)).strip():
+            raise QueueError(f"configs/{preset}.yaml is not committed in {Path(repo).resolve()}: queued experiments "
+                             "run from the last commit, so commit the preset first")
     args = ["exp", "run", "--queue", QUEUE_PIPELINE]
     for value in grid_params(presets, seeds, overrides):
         args += ["-S", value]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.config import dotted_items
-from pipeline.exp_queue import QueueError, check_repo, experiments
+from pipeline.exp_queue import QueueError, check_repo, experiments, queue_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -129,3 +129,6 @@ def test_check_repo_names_what_dvc_queue_needs(tmp_path: Path, monkeypatch: pyte
     _run(["git", "config", "user.name", "t"], repo)
     _run(["git", "config", "user.email", "t@t.invalid"], repo)
     assert len(check_repo(repo)) == 40  # the HEAD commit
+    # a preset that exists here but is not committed would be missing in the experiment's workspace
+    with pytest.raises(QueueError, match="configs/smoke.yaml is not committed"):
+        queue_table(["smoke"], [0], repo=repo)
