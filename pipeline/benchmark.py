@@ -1,33 +1,48 @@
 """Benchmark tables: one isolated run per (preset, seed), then mean and 95 % confidence intervals over seeds.
 
-``bench/table/dvc.yaml`` fans presets x seeds out with a DVC ``matrix`` (``dvc repro bench/table/dvc.yaml``);
-each run is the whole pipeline (collect, pretrain, finetune, evaluate) in its own directory, so runs never share
-files and can execute in any order or in parallel.
+Two ways to fan presets x seeds out, one table:
+
+- ``bench/table/dvc.yaml`` (``dvc repro bench/table/dvc.yaml``, or ``sacflow table run`` in one process): a DVC
+  ``matrix``; each run is the whole pipeline (collect, pretrain, finetune, evaluate) in
+  ``runs/table/<preset>-s<seed>/``, so runs never share files and can execute in any order or in parallel.
+- ``bench/queue/dvc.yaml`` (``sacflow table queue``, see :mod:`pipeline.exp_queue`): one DVC experiment per
+  (preset, seed), run by ``dvc queue`` workers, each in its own temporary workspace; :func:`run_experiment` is
+  that experiment's stage and writes a result record that ``dvc exp show`` reads back.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.collect import collect
-from pipeline.config import load_config
+from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
 from pipeline.metrics import read_json, write_json
-from pipeline.train import evaluate_checkpoints, finetune, pretrain
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); large n falls back to the normal 1.96
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
+Overrides = list[str] | dict[str, Any]  # ``["a.b=1"]``, ``{"a.b": 1}`` or nested ``{"a": {"b": 1}}``
 
-def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The whole pipeline for one preset and seed inside ``out_dir``; returns the evaluate stage's metrics."""
+
+def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: Overrides | None = None) -> dict[str, Any]:
+    """The whole pipeline for one preset and seed inside ``out_dir``; returns the evaluate stage's metrics.
+
+    ``overrides`` change the preset for this run (``--set`` strings or a nested mapping, as in ``params.yaml``).
+    """
+    # imported here: queueing and gathering tables need none of the training stack
+    from pipeline.collect import collect
+    from pipeline.train import evaluate_checkpoints, finetune, pretrain
+
     out = Path(out_dir)
-    sets = [f"seed={seed}", "trainer.progress=false", *(overrides or [])]
+    sets = deep_merge({"seed": seed, "trainer": {"progress": False}}, overrides_to_dict(overrides or []))
     if load_config(preset, sets).collect.kind == "robosuite_demos":  # each run makes its own demos: no shared file, seed-dependent data
         demos = str(out / "demos.hdf5")
-        sets += [f"collect.out={demos}", f"pretrain.dataset.source={demos}"]
+        sets = deep_merge(sets, {"collect": {"out": demos}, "pretrain": {"dataset": {"source": demos}}})
     cfg = load_config(preset, sets)
     if cfg.collect.kind != "none":
         collect(cfg, out / "collect")
@@ -40,6 +55,25 @@ def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: list[str]
     return evaluate_checkpoints(cfg, runs, out / "evaluate")
 
 
+def run_experiment(params: dict[str, Any], out_dir: str | Path, result: str | Path) -> dict[str, Any]:
+    """One benchmark experiment: :func:`run_preset` from a params mapping, then a self-describing result record.
+
+    ``params`` holds ``preset``, ``seed`` and ``config`` (nested overrides of the preset; may be empty). The record
+    written to ``result`` (a DVC metric) carries those three, the evaluate metrics, the wall-clock interval and the
+    working directory, so a table can be gathered from ``dvc exp show`` alone and a test can check that queued
+    experiments ran side by side in separate workspaces.
+    """
+    for key, kind in (("preset", str), ("seed", int), ("config", dict)):
+        if not isinstance(params.get(key), kind) or isinstance(params.get(key), bool):
+            raise ConfigError(f"experiment param {key!r} = {params.get(key)!r}: expected a {kind.__name__}")
+    started = time.time()
+    evaluation = run_preset(params["preset"], params["seed"], out_dir, params["config"])
+    record = {"preset": params["preset"], "seed": params["seed"], "config": params["config"],
+              "evaluate": evaluation, "started": started, "finished": time.time(), "workspace": os.getcwd()}
+    write_json(result, record)
+    return record
+
+
 def mean_ci95(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % Student-t confidence interval (0 for a single value)."""
     n = len(values)
@@ -49,36 +83,64 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, _T95.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n)
 
 
+def config_label(preset: str, config: dict[str, Any] | None = None) -> str:
+    """The table's name for a configuration: the preset, plus its overrides as ``key=value`` (sorted)."""
+    flat = sorted(f"{k}={v}" for k, v in dotted_items(config or {}))
+    return f"{preset} ({', '.join(flat)})" if flat else preset
+
+
+def table_rows(runs: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Group ``(label, evaluate metrics)`` pairs, one per seed, into table rows.
+
+    One row per (label, agent, mode): seeds, success rate and return as mean and 95 % CI half-width.
+    """
+    groups: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    for label, evaluation in runs:
+        for agent, by_mode in evaluation.items():
+            for mode, r in by_mode.items():
+                g = groups.setdefault((label, agent, mode), {"success_rate": [], "return_mean": []})
+                for k in g:
+                    if r.get(k) is not None:
+                        g[k].append(float(r[k]))
+    rows = []
+    for (label, agent, mode), g in sorted(groups.items()):
+        row: dict[str, Any] = {"preset": label, "agent": agent, "mode": mode, "seeds": len(g["return_mean"])}
+        for k, vals in g.items():
+            if vals:
+                row[k], row[f"{k}_ci95"] = mean_ci95(vals)
+        rows.append(row)
+    return rows
+
+
+def ci_cell(row: dict[str, Any], key: str) -> str:
+    """``"mean ± half-width"`` of a table row's ``key`` (empty where no run reported it)."""
+    return f"{row[key]:.3f} ± {row[key + '_ci95']:.3f}" if key in row else ""
+
+
+def write_table(rows: list[dict[str, Any]], out: str | Path) -> str:
+    """Write ``rows`` as a markdown table to ``out`` and as JSON next to it; returns the markdown."""
+    lines = ["| preset | agent | mode | seeds | success rate | return |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['agent']} | {r['mode']} | {r['seeds']} | {ci_cell(r, 'success_rate')} | "
+              f"{ci_cell(r, 'return_mean')} |" for r in rows]
+    text = "Mean ± 95 % confidence half-width over seeds.\n\n" + "\n".join(lines) + "\n"
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    write_json(out.with_suffix(".json"), {"rows": rows})
+    return text
+
+
+def run_dirs(runs_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(preset, evaluate metrics)`` of every finished ``<runs_dir>/<preset>-s<seed>/`` run."""
+    return [(metrics.parent.parent.name.rsplit("-s", 1)[0], read_json(metrics))
+            for metrics in sorted(Path(runs_dir).glob("*-s*/evaluate/metrics.json"))]
+
+
 def gather_table(runs_dir: str | Path, out: str | Path) -> list[dict[str, Any]]:
     """Read ``<runs_dir>/<preset>-s<seed>/evaluate/metrics.json`` and write a markdown table (+ JSON) to ``out``.
 
     One row per (preset, agent, mode): seeds, success rate and return as mean ± 95 % CI half-width.
     """
-    groups: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-    for metrics in sorted(Path(runs_dir).glob("*-s*/evaluate/metrics.json")):
-        preset = metrics.parent.parent.name.rsplit("-s", 1)[0]
-        for agent, by_mode in read_json(metrics).items():
-            for mode, r in by_mode.items():
-                g = groups.setdefault((preset, agent, mode), {"success_rate": [], "return_mean": []})
-                for k in g:
-                    if r.get(k) is not None:
-                        g[k].append(float(r[k]))
-    rows = []
-    for (preset, agent, mode), g in sorted(groups.items()):
-        row: dict[str, Any] = {"preset": preset, "agent": agent, "mode": mode, "seeds": len(g["return_mean"])}
-        for k, vals in g.items():
-            if vals:
-                row[k], row[f"{k}_ci95"] = mean_ci95(vals)
-        rows.append(row)
-
-    def cell(r: dict[str, Any], k: str) -> str:
-        return f"{r[k]:.3f} ± {r[k + '_ci95']:.3f}" if k in r else ""
-
-    lines = ["| preset | agent | mode | seeds | success rate | return |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['agent']} | {r['mode']} | {r['seeds']} | {cell(r, 'success_rate')} | "
-              f"{cell(r, 'return_mean')} |" for r in rows]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("Mean ± 95 % confidence half-width over seeds.\n\n" + "\n".join(lines) + "\n")
-    write_json(out.with_suffix(".json"), {"rows": rows})
+    rows = table_rows(run_dirs(runs_dir))
+    write_table(rows, out)
     return rows

@@ -1,8 +1,9 @@
-"""``sacflow``: one subcommand per pipeline stage, plus ``presets`` and ``info``.
+"""``sacflow``: one subcommand per pipeline stage, plus ``table`` (benchmark tables), ``presets`` and ``info``.
 
 Every stage subcommand takes ``--preset NAME`` (a file in ``configs/``), repeated ``--set dotted.key=value`` and
 ``--out DIR``; ``--params params.yaml`` reads the config the way the DVC stages do. Running a stage again on the
-same ``--out`` after an interruption resumes it.
+same ``--out`` after an interruption resumes it. ``sacflow table run|queue|gather`` makes a benchmark table over
+presets x seeds, in this process or as DVC experiments run by ``dvc queue`` workers.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from pipeline.config import Config, ConfigError, list_presets, load_config, load_params
+from pipeline.exp_queue import QueueError
 from pipeline.progress import console, results_console
 
 
@@ -123,6 +126,93 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     return {}  # the report's own table is the summary
 
 
+def _names(text: str, what: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ConfigError(f"--{what} {text!r}: expected a comma-separated list")
+    return names
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text, "seeds")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
+def _show_table(rows: list[dict[str, Any]], title: str) -> None:
+    from pipeline.benchmark import ci_cell
+
+    table = Table(title=title)
+    for column in ("preset", "agent", "mode", "seeds", "success rate", "return"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(escape(r["preset"]), r["agent"], r["mode"], str(r["seeds"]), ci_cell(r, "success_rate"),
+                      ci_cell(r, "return_mean"))
+    results_console.print(table)
+
+
+def cmd_table_run(args: argparse.Namespace) -> None:
+    """presets x seeds, one after another in this process (what ``dvc repro bench/table/dvc.yaml`` runs)."""
+    import yaml
+
+    from pipeline.benchmark import gather_table, run_preset
+
+    params = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
+    presets = _names(args.presets, "presets") if args.presets else params.get("presets")
+    seeds = _seeds(args.seeds) if args.seeds else params.get("seeds")
+    if not presets or not seeds:
+        raise ConfigError(f"no presets/seeds: pass --presets and --seeds, or give {args.params} `presets` and "
+                          "`seeds` lists")
+    for preset in presets:  # every preset and override checked before the first run starts
+        load_config(preset, list(args.set or []))
+    for preset in presets:
+        for seed in seeds:
+            out = Path(args.runs) / f"{preset}-s{seed}"
+            console.print(f"[bold]table run[/bold] {preset} seed {seed} -> {out}")
+            run_preset(preset, seed, out, list(args.set or []))
+    _show_table(gather_table(args.runs, args.out), f"benchmark table ({args.out})")
+
+
+def cmd_table_queue(args: argparse.Namespace) -> int:
+    """Queue presets x seeds as DVC experiments and start workers; with --wait, gather the table at the end."""
+    from pipeline import exp_queue
+
+    presets, seeds = _names(args.presets, "presets"), _seeds(args.seeds)
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: expected at least one worker")
+    baseline = exp_queue.check_repo(args.repo)
+    names = exp_queue.queue_table(presets, seeds, list(args.set or []), args.repo)
+    console.print(f"queued {len(names)} experiments: {', '.join(names)}")
+    exp_queue.start_workers(args.jobs, args.repo)
+    console.print(f"started {args.jobs} queue worker(s); follow with `dvc queue status`, "
+                  "then `sacflow table gather`")
+    if not args.wait:
+        return 0
+    done = exp_queue.wait(names, args.repo, rev=baseline, timeout_s=args.timeout,
+                          on_change=lambda counts: console.print(f"queue: {counts}"))
+    failed = [e.name for e in done if e.state == "failed"]
+    for name in failed:
+        console.print(f"[red]experiment {name} failed[/red]: `dvc queue logs {name}` shows why")
+    _show_table(exp_queue.gather_experiments(args.out, args.repo, rev=baseline), f"benchmark table ({args.out})")
+    return 1 if failed else 0
+
+
+def cmd_table_gather(args: argparse.Namespace) -> None:
+    """The table of every finished DVC experiment (or, with --runs, of every run directory)."""
+    if args.runs:
+        from pipeline.benchmark import gather_table
+
+        rows = gather_table(args.runs, args.out)
+    else:
+        from pipeline.exp_queue import gather_experiments
+
+        rows = gather_experiments(args.out, args.repo, rev=args.rev, all_commits=args.all_commits)
+    if not rows:
+        console.print("[yellow]no finished runs to gather[/yellow]")
+    _show_table(rows, f"benchmark table ({args.out})")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     table = Table(title="presets (configs/)")
     table.add_column("name")
@@ -197,6 +287,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", default="runs/finetune", help="finetune stage output directory")
     p.add_argument("--pretrain", default="runs/pretrain", help="pretrain stage output directory")
     p.set_defaults(func=cmd_report)
+    about = "benchmark table: presets x seeds, mean and 95 % CI over seeds"
+    p = sub.add_parser("table", help=about.replace("%", "%%"), description=about)
+    tsub = p.add_subparsers(dest="table_command", required=True)
+    table_out = "runs/table_report/table.md"
+
+    def table(name: str, help_: str) -> argparse.ArgumentParser:
+        t = tsub.add_parser(name, help=help_.replace("%", "%%"), description=help_)
+        t.add_argument("--out", default=table_out, help=f"markdown table (and .json beside it; default {table_out})")
+        return t
+
+    t = table("run", "run presets x seeds one after another in this process, then the table")
+    t.add_argument("--presets", help="comma-separated presets (default: bench/table/params.yaml's presets)")
+    t.add_argument("--seeds", help="comma-separated seeds (default: bench/table/params.yaml's seeds)")
+    t.add_argument("--params", default="bench/table/params.yaml", help="YAML with presets and seeds lists")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key in every run")
+    t.add_argument("--runs", default="runs/table", help="one directory per run: <runs>/<preset>-s<seed>")
+    t.set_defaults(func=cmd_table_run)
+    t = table("queue", "queue presets x seeds as DVC experiments and start `dvc queue` workers")
+    t.add_argument("--presets", required=True, help="comma-separated presets, e.g. smoke,default")
+    t.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key in every run")
+    t.add_argument("--jobs", type=int, default=1, help="queue workers, each running one experiment at a time")
+    t.add_argument("--wait", action="store_true", help="wait for the experiments, then gather the table")
+    t.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    t.add_argument("--repo", default=".", help="the project's git + DVC repository (default: here)")
+    t.set_defaults(func=cmd_table_queue)
+    t = table("gather", "table of every finished DVC experiment (mean and 95 % CI over seeds)")
+    t.add_argument("--repo", default=".", help="the project's git + DVC repository (default: here)")
+    t.add_argument("--rev", help="experiments of this baseline commit (default: HEAD)")
+    t.add_argument("--all-commits", action="store_true", help="experiments of every commit")
+    t.add_argument("--runs", help="gather run directories <runs>/<preset>-s<seed> (sacflow table run) instead")
+    t.set_defaults(func=cmd_table_gather)
     sub.add_parser("presets", help="list the config presets").set_defaults(func=cmd_presets)
     sub.add_parser("info", help="versions, device and threads").set_defaults(func=cmd_info)
     return parser
@@ -226,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # DatasetError and friends: a named file/key and what was expected
         console.print(f"[red]error:[/red] {e}")
         return 2
+    except QueueError as e:  # git or DVC said no: the message has their output
+        console.print("[red]error:[/red]", escape(str(e)))
+        return 1
+    if isinstance(result, int):  # a command's own exit status
+        return result
     if isinstance(result, dict) and result:
         _summary(f"sacflow {args.command}", result)
     return 0

@@ -384,6 +384,20 @@ def overrides_to_dict(overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+
+def dotted_items(nested: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The inverse of :func:`overrides_to_dict`: ``{"a": {"b": 1}}`` -> ``[("a.b", 1)]`` (leaves in key order).
+
+    An empty mapping is a leaf: ``{"a": {}}`` -> ``[("a", {})]``.
+    """
+    items: list[tuple[str, Any]] = []
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            items += [(f"{key}.{k}", v) for k, v in dotted_items(value)]
+        else:
+            items.append((key, value))
+    return items
+
 def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 

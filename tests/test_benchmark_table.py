@@ -1,4 +1,4 @@
-"""Benchmark table aggregation: mean and 95 % CI over seeds from per-run evaluate metrics."""
+"""Benchmark table aggregation (mean and 95 % CI over seeds) and the DVC queue's experiment grid."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.benchmark import gather_table, mean_ci95
+from pipeline.benchmark import config_label, gather_table, mean_ci95, table_rows
+from pipeline.config import ConfigError
+from pipeline.exp_queue import grid_params
 from pipeline.metrics import write_json
 
 
@@ -26,3 +28,25 @@ def test_gather_table_groups_runs_by_preset(tmp_path: Path) -> None:
     assert by_preset["lift"]["seeds"] == 3 and by_preset["lift"]["success_rate"] == pytest.approx(0.7)
     assert by_preset["can"]["success_rate_ci95"] == 0.0
     assert "| lift | finetuned | deterministic | 3 | 0.700 ± 0.497 |" in (tmp_path / "out/table.md").read_text()
+
+
+def test_table_rows_keep_configurations_of_one_preset_apart() -> None:
+    result = {"finetuned": {"deterministic": {"return_mean": 1.0, "success_rate": 1.0}}}
+    label = config_label("smoke", {"policy": {"kind": "flow_g"}, "sac": {"bc_weight": 0}})
+    assert label == "smoke (policy.kind=flow_g, sac.bc_weight=0)" and config_label("smoke", {}) == "smoke"
+    rows = table_rows([("smoke", result), (label, result), (label, result)])
+    assert [(r["preset"], r["seeds"]) for r in rows] == [("smoke", 1), (label, 2)]
+
+
+def test_grid_params_sweep_presets_and_seeds_and_quote_override_values() -> None:
+    sets = grid_params(["smoke", "default"], [0, 1, 2], ["policy.kind=flow_g", "collect.noise_levels=[0.0, 0.3]"])
+    assert sets == ['bench/queue/params.yaml:preset="smoke","default"', "bench/queue/params.yaml:seed=0,1,2",
+                    'bench/queue/params.yaml:++config.policy.kind="flow_g"',
+                    "bench/queue/params.yaml:++config.collect.noise_levels=[0.0,0.3]"]
+    # bad input fails before anything is queued, naming the key or the preset
+    with pytest.raises(ConfigError, match="sac.batchsize"):
+        grid_params(["smoke"], [0], ["sac.batchsize=3"])
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        grid_params(["smoke", "nope"], [0])
+    with pytest.raises(ConfigError, match="must not repeat"):
+        grid_params(["smoke"], [0, 0])
