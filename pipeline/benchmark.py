@@ -29,22 +29,38 @@ _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 Overrides = list[str] | dict[str, Any]  # ``["a.b=1"]``, ``{"a.b": 1}`` or nested ``{"a": {"b": 1}}``
 
 
+def run_name(preset: str, seed: int) -> str:
+    """The directory name of one (preset, seed) run inside a runs folder; :func:`run_dirs` parses it back."""
+    return f"{preset}-s{seed}"
+
+
 def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: Overrides | None = None) -> dict[str, Any]:
     """The whole pipeline for one preset and seed inside ``out_dir``; returns the evaluate stage's metrics.
 
     ``overrides`` change the preset for this run (``--set`` strings or a nested mapping, as in ``params.yaml``).
+    Run again on the same ``out_dir`` (a requeued or resubmitted job), it resumes: a finished collect is kept, and
+    pretrain and finetune resume from their last checkpoints. ``out_dir/run.json`` records the preset, seed and
+    overrides; another combination in the same directory is an error rather than a silent mix of two runs.
     """
+    out = Path(out_dir)
+    config = overrides_to_dict(overrides or [])
+    identity = {"preset": preset, "seed": seed, "config": config}
+    if (out / "run.json").exists() and read_json(out / "run.json") != identity:
+        raise ConfigError(f"{out} holds the run {read_json(out / 'run.json')}, not {identity}: use another "
+                          "directory for another preset, seed or overrides")
     # imported here: queueing and gathering tables need none of the training stack
     from pipeline.collect import collect
     from pipeline.train import evaluate_checkpoints, finetune, pretrain
 
-    out = Path(out_dir)
-    sets = deep_merge({"seed": seed, "trainer": {"progress": False}}, overrides_to_dict(overrides or []))
+    sets = deep_merge({"seed": seed, "trainer": {"progress": False}}, config)
     if load_config(preset, sets).collect.kind == "robosuite_demos":  # each run makes its own demos: no shared file, seed-dependent data
         demos = str(out / "demos.hdf5")
         sets = deep_merge(sets, {"collect": {"out": demos}, "pretrain": {"dataset": {"source": demos}}})
     cfg = load_config(preset, sets)
-    if cfg.collect.kind != "none":
+    write_json(out / "run.json", identity)
+    # collect writes its metrics only once its dataset is complete, so metrics there mean it finished; collecting
+    # again would only repeat the same seeded work (it has no checkpoint, and a requeued job should not pay twice)
+    if cfg.collect.kind != "none" and not (out / "collect" / "metrics.json").exists():
         collect(cfg, out / "collect")
     runs: dict[str, str | Path] = {}
     if cfg.finetune.from_pretrained:

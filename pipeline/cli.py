@@ -1,4 +1,5 @@
-"""``sacflow``: one subcommand per pipeline stage, plus ``table`` (benchmark tables), ``presets`` and ``info``.
+"""``sacflow``: one subcommand per pipeline stage, plus ``table`` and ``slurm`` (benchmark tables), ``presets``
+and ``info``.
 
 Every stage subcommand takes ``--preset NAME`` (a file in ``configs/``), repeated ``--set dotted.key=value`` and
 ``--out DIR``; ``--params params.yaml`` reads the config the way the DVC stages do. Running a stage again on the
@@ -156,7 +157,7 @@ def cmd_table_run(args: argparse.Namespace) -> None:
     """presets x seeds, one after another in this process (what ``dvc repro bench/table/dvc.yaml`` runs)."""
     import yaml
 
-    from pipeline.benchmark import gather_table, run_preset
+    from pipeline.benchmark import gather_table, run_name, run_preset
 
     params = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
     presets = _names(args.presets, "presets") if args.presets else params.get("presets")
@@ -168,7 +169,7 @@ def cmd_table_run(args: argparse.Namespace) -> None:
         load_config(preset, list(args.set or []))
     for preset in presets:
         for seed in seeds:
-            out = Path(args.runs) / f"{preset}-s{seed}"
+            out = Path(args.runs) / run_name(preset, seed)
             console.print(f"[bold]table run[/bold] {preset} seed {seed} -> {out}")
             run_preset(preset, seed, out, list(args.set or []))
     _show_table(gather_table(args.runs, args.out), f"benchmark table ({args.out})")
@@ -211,6 +212,93 @@ def cmd_table_gather(args: argparse.Namespace) -> None:
     if not rows:
         console.print("[yellow]no finished runs to gather[/yellow]")
     _show_table(rows, f"benchmark table ({args.out})")
+
+
+def _slurm_module() -> Any:
+    try:
+        from pipeline import slurm
+    except ImportError as e:
+        raise ConfigError(f"sacflow slurm needs submitit ({e}): pip install 'sacflow[slurm]'") from e
+    return slurm
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{flag} {item!r} must look like KEY=VALUE (e.g. {flag} account=rl)")
+        key, value = item.split("=", 1)
+        pairs[key] = value
+    return pairs
+
+
+def _show_rows(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for key in rows[0] if rows else []:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(escape(", ".join(v) if isinstance(v, list) else "-" if v is None else str(v))
+                        for v in row.values()))
+    results_console.print(table)
+
+
+def cmd_slurm_submit(args: argparse.Namespace) -> None:
+    slurm = _slurm_module()
+    resources = slurm.Resources(partition=args.partition, time_min=args.time, cpus=args.cpus, mem_gb=args.mem_gb,
+                                sbatch=_key_values(args.sbatch, "--sbatch"))
+    rows = slurm.submit(args.out, _names(args.presets, "presets"), _seeds(args.seeds), args.set, resources)
+    _show_rows(rows, f"slurm jobs ({args.out})")
+
+
+def cmd_slurm_status(args: argparse.Namespace) -> None:
+    _show_rows(_slurm_module().status(args.out), f"slurm runs ({args.out})")
+
+
+def cmd_slurm_resubmit(args: argparse.Namespace) -> None:
+    rows = _slurm_module().resubmit(args.out, {"partition": args.partition, "time_min": args.time, "cpus": args.cpus,
+                                               "mem_gb": args.mem_gb})
+    if rows:
+        _show_rows(rows, f"resubmitted ({args.out})")
+    else:
+        console.print("nothing to resubmit: every run is finished or still queued")
+
+
+def add_slurm_parser(sub: Any) -> None:
+    """``sacflow slurm submit|status|resubmit``: a benchmark table as Slurm jobs (see pipeline/slurm.py); the
+    table itself comes from ``sacflow table gather --runs <out>``."""
+    slurm = sub.add_parser("slurm", help="run presets x seeds as Slurm jobs; status; resubmit stopped runs",
+                           description=add_slurm_parser.__doc__)
+    actions = slurm.add_subparsers(dest="slurm_command", required=True)
+
+    def with_out(name: str, help_: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_, description=help_)
+        p.add_argument("--out", default="runs/slurm",
+                       help="runs folder: <preset>-s<seed>/ per run (default runs/slurm)")
+        return p
+
+    def resources(p: argparse.ArgumentParser, time: int | None, cpus: int | None) -> None:
+        keep = " (default: what the run was submitted with)"
+        p.add_argument("--partition", help="Slurm partition" + (keep if time is None else " (default: the cluster's)"))
+        p.add_argument("--time", type=int, default=time,
+                       help="time limit per job in minutes" + (keep if time is None else f" (default {time})"))
+        p.add_argument("--cpus", type=int, default=cpus,
+                       help="CPUs per job" + (keep if cpus is None else f" (default {cpus})"))
+        p.add_argument("--mem-gb", type=float,
+                       help="memory per job in GB" + (keep if time is None else " (default: the partition's)"))
+
+    p = with_out("submit", "submit one job per (preset, seed) not yet finished or queued")
+    p.add_argument("--presets", required=True, help="comma-separated preset names (configs/), e.g. smoke,lift_flow_g")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key in every run (repeatable)")
+    resources(p, 60, 1)
+    p.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                   help="any other sbatch flag, e.g. account=rl (repeatable)")
+    p.set_defaults(func=cmd_slurm_submit)
+    with_out("status", "each run's job state and the stage it is at").set_defaults(func=cmd_slurm_status)
+    p = with_out("resubmit", "resubmit every run that stopped unfinished (cancelled, failed); it resumes")
+    resources(p, None, None)
+    p.set_defaults(func=cmd_slurm_resubmit)
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -321,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_table_gather)
     sub.add_parser("presets", help="list the config presets").set_defaults(func=cmd_presets)
     sub.add_parser("info", help="versions, device and threads").set_defaults(func=cmd_info)
+    add_slurm_parser(sub)
     return parser
 
 
@@ -335,11 +424,14 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # where Slurm's client tools are installed, Lightning suggests srun to every single-process run
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
+    if args.command != "slurm":  # slurm only talks to the queue: importing Lightning would cost it seconds
+        quiet_libraries()
     try:
         result = args.func(args)
     except ConfigError as e:
