@@ -89,7 +89,9 @@ class SACConfig:
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
     init_alpha: float = 0.2  # initial temperature
-    learn_alpha: bool = True  # tune alpha towards target_entropy
+    # tune alpha towards target_entropy. A flow with fixed noise sigma can barely change its entropy, so a target
+    # out of its reach makes alpha grow without bound: fix alpha there (the offline-to-online presets do)
+    learn_alpha: bool = True
     target_entropy: float | None = None  # None: -|A|
     batch_size: int = 256  # per process: data-parallel pretraining averages devices x num_nodes such batches
     utd: int = 1  # critic updates per environment step
