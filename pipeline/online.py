@@ -23,14 +23,15 @@ from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import SACAgent, SACUpdater, training_reward
 
+# where the wall time between two log rows went (``<phase>_share`` columns, fractions; the rest is logging, buffer
+# writes and checkpoints). On CUDA, "update" holds what the host waits for: kernels still queued at the next sync
+# land in the next phase.
+PHASES = ("env", "act", "update", "eval")
 TRAIN_COLUMNS = [
     "env_step", "updates", "episodes", "episode_return", "episode_success", "alpha", "entropy", "actor_loss",
     "critic_loss", "q_mean", "actor_q", "bc_mse", "actor_grad_norm", "critic_grad_norm", "updates_per_s",
-    "env_steps_per_s", "skipped_updates", "env_errors", "env_share", "act_share", "update_share", "eval_share",
+    "env_steps_per_s", "skipped_updates", "env_errors", *(f"{phase}_share" for phase in PHASES),
 ]
-# where the wall time between two log rows went (fractions; the rest is logging, buffer writes and checkpoints).
-# On CUDA, "update" holds what the host waits for: kernels still queued at the next sync land in the next phase.
-PHASES = ("env", "act", "update", "eval")
 EVAL_COLUMNS = ["env_step", "mode", "return_mean", "return_std", "success_rate", "length_mean", "episodes"]
 
 

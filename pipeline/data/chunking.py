@@ -25,15 +25,17 @@ def chunk_transitions(ds: TransitionDataset, horizon: int, gamma: float) -> Tran
         return ds
     starts, ends = ds.episode_starts().tolist(), ds.episode_ends.tolist()
     obs, acts, rews, nexts, terms, new_ends = [], [], [], [], [], []
-    discounts = gamma ** torch.arange(horizon, dtype=torch.float32, device=ds.device)
+    offsets = torch.arange(horizon, device=ds.device)
+    discounts = gamma ** offsets.float()
     for s, e in zip(starts, ends):
         ended = bool(ds.terminals[e - 1])
         last = e if ended else e - horizon + 1  # decision starts that have a state H steps later (or a terminal)
         if last <= s:
             continue
         t = torch.arange(s, last, device=ds.device)
-        idx = (t[:, None] + torch.arange(horizon, device=ds.device)[None, :]).clamp(max=e - 1)  # [n, H]
-        inside = (t[:, None] + torch.arange(horizon, device=ds.device)[None, :]) < e  # steps before the episode end
+        steps = t[:, None] + offsets[None, :]  # [n, H] the env steps each decision spans
+        idx = steps.clamp(max=e - 1)
+        inside = steps < e  # steps before the episode end
         obs.append(ds.observations[t])
         acts.append(ds.actions[idx].reshape(len(t), -1))  # past a terminal: the last action repeated
         rews.append((ds.rewards[idx] * discounts * inside).sum(dim=1))
