@@ -22,6 +22,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 PolicyKind = Literal["gaussian", "flow_mlp", "flow_g", "flow_t"]
 DatasetFormat = Literal["minari", "d4rl", "robomimic"]
+VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,10 @@ class EvaluateConfig:
     seed: int = 10_000  # evaluation episodes use seeds seed, seed+1, ...
     deterministic: bool = True  # epsilon = 0 rollout; stochastic evaluation is reported too when both is set
     both: bool = True  # report deterministic and stochastic acting
+    # env copies running evaluation episodes at once (also fine-tuning's evaluations); episode i always starts from
+    # reset seed + i, so deterministic results match one copy's up to the float rounding of batched policy calls
+    num_envs: int = 1
+    vectorization_mode: VectorizationMode = "async"  # async: one worker process per copy; sync: all in this process
 
 
 @dataclass
@@ -231,6 +236,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("finetune.log_every", lambda v: v >= 1, ">= 1"),
     ("finetune.checkpoint_every", lambda v: v >= 1, ">= 1"),
     ("evaluate.episodes", lambda v: v >= 1, ">= 1"),
+    ("evaluate.num_envs", lambda v: v >= 1, ">= 1"),
 ]
 
 

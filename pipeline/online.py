@@ -49,8 +49,9 @@ class OnlineRunner:
     ``updates_from``: env step at which updates begin; ``random_until``: env steps acted uniformly at random.
     """
 
-    def __init__(self, cfg: Config, agent: SACAgent, updater: SACUpdater, env: gym.Env, eval_env: gym.Env | None,
-                 sampler: OfflineOnlineSampler, run_dir: str | Path, from_scratch: bool, fingerprint: str = "") -> None:
+    def __init__(self, cfg: Config, agent: SACAgent, updater: SACUpdater, env: gym.Env,
+                 eval_env: gym.Env | gym.vector.VectorEnv | None, sampler: OfflineOnlineSampler,
+                 run_dir: str | Path, from_scratch: bool, fingerprint: str = "") -> None:
         self.cfg, self.agent, self.updater, self.env, self.eval_env = cfg, agent, updater, env, eval_env
         self.sampler, self.run_dir, self.fingerprint = sampler, Path(run_dir), fingerprint
         ft = cfg.finetune

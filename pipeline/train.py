@@ -11,9 +11,11 @@ import hashlib
 import json
 import time
 import warnings
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import lightning as L
 import torch
 from lightning.pytorch.strategies import DDPStrategy
@@ -23,7 +25,7 @@ from pipeline.config import Config, ConfigError, DatasetConfig, save_config
 from pipeline.data import TransitionDataset, check_compatible, load_dataset
 from pipeline.data.chunking import chunk_transitions
 from pipeline.distributed import process_rank
-from pipeline.envs import make_env
+from pipeline.envs import make_env, make_vector_env
 from pipeline.evaluation import evaluate
 from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
 from pipeline.metrics import write_json
@@ -102,6 +104,12 @@ def env_options_for(env_id: str, dataset: TransitionDataset | None, options: dic
         if dataset.meta.get("obs_keys") and "obs_keys" not in opts:
             opts["obs_keys"] = list(dataset.meta["obs_keys"])
     return opts
+
+
+def make_eval_envs(cfg: Config, options: dict[str, Any]) -> gym.vector.VectorEnv:
+    """The evaluation env of ``cfg.finetune.env_id``: ``cfg.evaluate.num_envs`` copies (a vector env, autoreset off)."""
+    ev = cfg.evaluate
+    return make_vector_env(cfg.finetune.env_id, ev.num_envs, ev.vectorization_mode, **options)
 
 
 def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
@@ -204,7 +212,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     offline = load_offline(dcfg) if dcfg is not None else None
     options = env_options_for(ft.env_id, offline, ft.env_options)
     env = make_env(ft.env_id, seed=cfg.seed, **options)
-    eval_env = make_env(ft.env_id, seed=cfg.evaluate.seed, **options)
+    eval_env = make_eval_envs(cfg, options)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if offline is not None:
         check_compatible(offline, obs_dim, act_dim, dcfg.source)
@@ -226,10 +234,13 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
 
         module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
                                 resume_state=resume, progress=show, fingerprint=fingerprint)
-        make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
-    runner = module.runner
-    evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval
-    final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
+        try:
+            make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
+            runner = module.runner
+            evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval
+            final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
+        finally:
+            eval_env.close()  # async copies are worker processes
     metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
                                "updates": runner.updater.updates, "episodes": runner.episodes,
                                "seconds": time.perf_counter() - t0, "resumed_from": start,
@@ -258,12 +269,13 @@ def evaluate_checkpoints(cfg: Config, checkpoints: dict[str, str | Path], out_di
     ft, ev = cfg.finetune, cfg.evaluate
     dcfg = finetune_dataset(cfg)
     dataset = load_offline(dcfg) if dcfg is not None else None
-    env = make_env(ft.env_id, seed=ev.seed, **env_options_for(ft.env_id, dataset, ft.env_options))
+    env = make_eval_envs(cfg, env_options_for(ft.env_id, dataset, ft.env_options))
     device = resolve_device(cfg.device)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
     results: dict[str, Any] = {}
     modes = [True, False] if ev.both else [ev.deterministic]
-    with stage_progress("evaluate", len(checkpoints) * len(modes) * ev.episodes, 0, cfg.trainer.progress) as bar:
+    with closing(env), stage_progress("evaluate", len(checkpoints) * len(modes) * ev.episodes, 0,
+                                      cfg.trainer.progress) as bar:
         done = 0
         for name, path in checkpoints.items():
             state = load_checkpoint(run_checkpoint(path), map_location=device)

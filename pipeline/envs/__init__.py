@@ -4,7 +4,7 @@ See :func:`make_env` for ids and options, :class:`RobosuiteEnv` for the manipula
 :mod:`pipeline.envs.scripted` for scripted demonstrators.
 """
 
-from pipeline.envs.factory import ObsSpec, get_obs_spec, make_env
+from pipeline.envs.factory import ObsSpec, get_obs_spec, make_env, make_vector_env
 from pipeline.envs.robosuite_env import (
     DEFAULT_HORIZONS,
     DEFAULT_OBS_KEYS,
@@ -25,5 +25,6 @@ __all__ = [
     "get_obs_spec",
     "make_env",
     "make_scripted_policy",
+    "make_vector_env",
     "parse_env_args",
 ]

@@ -7,12 +7,16 @@ rescaled so the agent always acts in [-1, 1].
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from pipeline.config import VectorizationMode
 from pipeline.envs.robosuite_env import DEFAULT_HORIZONS, ROBOSUITE_OPTIONS, RobosuiteEnv, robosuite_task_names
 
 ROBOSUITE_PREFIX = "robosuite/"
@@ -153,3 +157,33 @@ def make_env(env_id: str, seed: int | None = None, **options: Any) -> gym.Env:
         env.action_space.seed(seed)
         env.observation_space.seed(seed)
     return env
+
+
+VECTORIZATION_MODES: tuple[str, ...] = typing.get_args(VectorizationMode)
+
+
+def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async",
+                    **options: Any) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of :func:`make_env` behind Gymnasium's vector API, with autoreset disabled.
+
+    ``mode="async"`` steps each copy in its own worker process (parallel on several cores); ``"sync"`` steps them in
+    turn in this process (one batched policy call per step, no parallel physics). Autoreset is off so the caller
+    decides which copy resets, and with which seed (``reset(seed=[...], options={"reset_mask": mask})``); a copy
+    whose episode ended must be reset before it is stepped again.
+
+    Raises:
+        ValueError: ``num_envs`` < 1, an unknown ``mode``, or anything :func:`make_env` rejects.
+    """
+    if not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
+    if mode not in VECTORIZATION_MODES:
+        raise ValueError(f"vectorization mode: expected one of {list(VECTORIZATION_MODES)}, got {mode!r}")
+    disabled = gym.vector.AutoresetMode.DISABLED
+    fns = [functools.partial(make_env, env_id, **options) for _ in range(num_envs)]
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
+    # Gymnasium builds the first copy in this process to read the spaces, so a bad id or option fails here with
+    # make_env's message. fork where the platform has it: workers start in milliseconds with robosuite and MuJoCo
+    # already imported (spawn re-imports them, seconds per worker); the workers never touch torch.
+    context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=disabled)

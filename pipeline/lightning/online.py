@@ -22,8 +22,8 @@ class OnlineFinetune(L.LightningModule):
     start from (a pretraining checkpoint's ``agent``); ``resume_state``: this stage's own last checkpoint.
     """
 
-    def __init__(self, cfg: Config, env: gym.Env, eval_env: gym.Env | None, run_dir: str | Path,
-                 offline: Any = None, init_state: dict[str, Any] | None = None,
+    def __init__(self, cfg: Config, env: gym.Env, eval_env: gym.Env | gym.vector.VectorEnv | None,
+                 run_dir: str | Path, offline: Any = None, init_state: dict[str, Any] | None = None,
                  resume_state: dict[str, Any] | None = None, progress: Any = None, fingerprint: str = "") -> None:
         super().__init__()
         self.automatic_optimization = False
