@@ -77,6 +77,20 @@ def test_file_has_robomimic_layout(lift_file) -> None:
         valid = list(f["mask/valid"][()])
         assert all(isinstance(n, bytes) for n in train + valid)
         assert sorted(train + valid) == sorted(n.encode() for n in demos)
+        successful = [n.decode() for n in f["mask/successful"][()]]
+        assert successful == [n for n in demos if data[n].attrs["success"] == 1]
+        assert len(successful) == stats["successes"]
+
+
+def test_successful_mask_selects_the_successful_demos(lift_file) -> None:
+    from pipeline.data import load_robomimic
+
+    path, stats, _ = lift_file
+    every, ok = load_robomimic(path), load_robomimic(path, filter_key="successful")
+    with h5py.File(path, "r") as f:
+        steps = sum(int(f[f"data/{n.decode()}"].attrs["num_samples"]) for n in f["mask/successful"][()])
+    assert len(ok) == steps and steps <= len(every)
+    assert ok.terminals.sum() == stats["successes"]  # each successful demo ends on its one terminal step
 
 
 def test_states_replay_reproduces_stored_obs(lift_file) -> None:
@@ -144,6 +158,7 @@ def test_train_valid_split_is_90_10(tmp_path: Path) -> None:
         assert sorted(train + valid) == sorted(f["data"].keys())
         assert f["data"].attrs["total"] == sum(len(e) for e in episodes)
         np.testing.assert_array_equal(f["data/demo_5/actions"][()], episodes[5].actions)
+        assert "successful" not in f["mask"]  # episodes without a success label get no success mask
 
 
 def test_writer_rejects_bad_episodes_and_leaves_no_partial_file(tmp_path: Path) -> None:

@@ -10,7 +10,10 @@ Layout written (robomimic docs, "Dataset Structure"; robomimic's ``convert_robos
   MuJoCo states, the state *before* each action) and attributes ``num_samples`` (= T) and ``model_file`` (the
   MJCF XML of the episode's model), plus ``ep_meta`` (robosuite >= 1.5 episode metadata, JSON) when known;
 - ``mask/train`` and ``mask/valid``: 1-D byte-string arrays of demo names, a random 90/10 split of the demos
-  (``int(0.1 * n)`` validation demos, as robomimic's split script does).
+  (``int(0.1 * n)`` validation demos, as robomimic's split script does);
+- ``mask/successful``: the demos whose ``success`` attribute is 1, when every demo has one and at least one
+  succeeded, so ``pretrain.dataset.filter_key: successful`` trains on the successful demos of a mixed-quality set
+  (as robomimic's multi-human sets offer quality subsets through their masks).
 
 Files are written to a temporary name in the destination folder and moved into place with ``os.replace``, so a
 reader never sees a half-written file.
@@ -128,6 +131,8 @@ def write_robomimic(
     perm = np.random.default_rng(seed).permutation(len(names))
     valid = sorted((names[j] for j in perm[:n_val]), key=lambda n: int(n[5:]))
     train = [n for n in names if n not in set(valid)]
+    labelled = all("success" in ep.attrs for ep in episodes)
+    successful = [n for n, ep in zip(names, episodes) if labelled and int(ep.attrs["success"]) == 1]
 
     path = Path(path)
 
@@ -155,6 +160,8 @@ def write_robomimic(
             data.attrs["env_args"] = env_args_json
             f.create_dataset("mask/train", data=np.array(train, dtype="S"))
             f.create_dataset("mask/valid", data=np.array(valid, dtype="S"))
+            if successful:
+                f.create_dataset("mask/successful", data=np.array(successful, dtype="S"))
 
     atomic_write(path, write)
     return path
