@@ -25,7 +25,8 @@ def evaluate(agent: SACAgent, env: gym.Env | gym.vector.VectorEnv, episodes: int
     ``env``: one env, or a vector env with autoreset disabled (:func:`pipeline.envs.make_vector_env`): each copy
     runs an episode, and a copy whose episode ends starts the next seed, so episode ``i`` always starts from
     ``reset(seed=seed + i)`` whichever copy runs it. Deterministic results therefore do not depend on the number of
-    copies; stochastic ones do (the acting noise is drawn per batched policy call).
+    copies, up to the float rounding of a batched policy call (which a chaotic contact-rich episode can amplify);
+    stochastic ones do (the acting noise is drawn per batched policy call).
 
     Returns ``return_mean``/``return_std`` (raw env reward), ``length_mean``, ``success_rate`` (when the env
     reports ``info["success"]``), ``episodes`` and ``mode`` (``deterministic``: every flow noise epsilon = 0;
