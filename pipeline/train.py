@@ -212,7 +212,6 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     offline = load_offline(dcfg) if dcfg is not None else None
     options = env_options_for(ft.env_id, offline, ft.env_options)
     env = make_env(ft.env_id, seed=cfg.seed, **options)
-    eval_env = make_eval_envs(cfg, options)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     if offline is not None:
         check_compatible(offline, obs_dim, act_dim, dcfg.source)
@@ -224,7 +223,9 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     resume = resume_state(out, fingerprint)
     start = resume["env_step"] if resume else 0
     t0 = time.perf_counter()
-    with stage_progress("finetune", ft.total_steps, start, cfg.trainer.progress) as bar:
+    # the eval copies (worker processes when async) start here, after every input check, and close however fit ends
+    with closing(make_eval_envs(cfg, options)) as eval_env, \
+            stage_progress("finetune", ft.total_steps, start, cfg.trainer.progress) as bar:
         def show(runner: Any) -> None:
             if runner.env_step % 100 == 0:
                 ev = runner.last_eval.get("deterministic", {})
@@ -234,13 +235,10 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
 
         module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
                                 resume_state=resume, progress=show, fingerprint=fingerprint)
-        try:
-            make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
-            runner = module.runner
-            evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval
-            final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
-        finally:
-            eval_env.close()  # async copies are worker processes
+        make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
+        runner = module.runner
+        evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval
+        final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
     metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
                                "updates": runner.updater.updates, "episodes": runner.episodes,
                                "seconds": time.perf_counter() - t0, "resumed_from": start,
