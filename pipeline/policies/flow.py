@@ -165,13 +165,17 @@ class FlowPolicy(nn.Module):
         noise_std: float | None = None,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
+        eps: Tensor | None = None,
     ) -> FlowRollout:
         """Run the K-step noisy Euler rollout for ``obs [B,S]`` and record the whole path.
 
         ``noise_std`` overrides the fixed σ for this call (ValueError with ``noise="learned"``).
         ``deterministic=True`` sets every ε (``a_0`` included) to zero; ``log_prob`` is then the
         density of that zero-noise path and has no sampling meaning. ``generator`` optionally
-        drives the noise. Gradients flow from ``action`` and ``log_prob`` to every parameter.
+        drives the noise; ``eps [K+1,B,A]`` supplies it instead (``eps[0]`` is ``a_0``): common
+        random numbers across policies, or a leaf whose gradient gives ``∂/∂a_i`` along the path
+        (:func:`pipeline.diagnostics.rollout_gradient_profile`). Gradients flow from ``action`` and
+        ``log_prob`` to every parameter.
         """
         self._check_obs(obs)
         sigma_fixed = self._resolve_noise_std(noise_std)
@@ -179,7 +183,12 @@ class FlowPolicy(nn.Module):
         shape = (k + 1, batch, self.act_dim)
         # All noise is drawn in one call with the full [K+1, B, A] shape: independent per step,
         # per batch row and per action dimension.
-        if deterministic:
+        if eps is not None:
+            if deterministic or generator is not None:
+                raise ValueError("eps cannot be combined with deterministic=True or a generator")
+            if tuple(eps.shape) != shape:
+                raise ValueError(f"eps must have shape [K+1, batch, act_dim] = {list(shape)}, got {list(eps.shape)}")
+        elif deterministic:
             eps = torch.zeros(shape, dtype=obs.dtype, device=obs.device)
         else:
             eps = torch.randn(shape, dtype=obs.dtype, device=obs.device, generator=generator)

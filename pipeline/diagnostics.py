@@ -1,0 +1,65 @@
+"""Diagnostics of the flow rollout seen as a recurrent network (DESIGN.md §1.1).
+
+SAC's actor loss reaches the velocity net's parameters at Euler step ``i`` only through the intermediate action
+``a_{i+1}``, so ``‖∂Q/∂a_i‖`` along the path is the backpropagation-through-time signal of the rollout: it grows
+towards ``a_0`` when the step Jacobians ``∂a_{i+1}/∂a_i`` have norms above one (exploding) and shrinks when they
+are below one (vanishing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from pipeline.checkpoint import load_checkpoint, run_checkpoint
+from pipeline.config import load_config
+from pipeline.policies.flow import FlowPolicy
+from pipeline.sac import SACAgent
+
+
+def rollout_gradient_profile(agent: SACAgent, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Batch mean of ``‖∂Q(s, tanh a_K)/∂a_i‖₂`` for ``i = 0..K``: raw observations ``obs [B,S]`` -> ``[K+1]``.
+
+    ``Q`` is the critic ensemble reduced as in the actor loss (the entropy term is left out: it reads the noise
+    directly, not only through the path). The rollout is the actor loss's stochastic one, with the agent's
+    ``actor_noise_std``. The noise ``ε`` is a leaf: ``a_0 = ε_0`` and ``a_{i+1} = mean_i + std_i·ε_{i+1}`` with
+    ``mean_i``, ``std_i`` functions of ``a_i``, so ``∂Q/∂a_{i+1} = (∂Q/∂ε_{i+1}) / std_i`` exactly.
+    """
+    policy = agent.actor
+    if not isinstance(policy, FlowPolicy):
+        raise ValueError(f"the rollout gradient profile needs a flow policy, got {type(policy).__name__}")
+    obs = agent.normalize(obs)
+    eps = torch.randn((policy.steps + 1, obs.shape[0], policy.act_dim), dtype=obs.dtype, device=obs.device,
+                      generator=generator).requires_grad_(True)
+    was_training = agent.critic.training
+    agent.critic.eval()  # a CrossQ critic must not move its running statistics
+    try:
+        r = policy.rollout(obs, noise_std=agent.actor_noise_std, eps=eps)
+        q = agent.q_agg(agent.critic(obs, r.action))
+        (g,) = torch.autograd.grad(q.sum(), eps)
+    finally:
+        agent.critic.train(was_training)
+    grads = torch.cat([g[:1], g[1:] / r.stds.detach()])
+    return grads.norm(dim=-1).mean(dim=-1)
+
+
+def checkpoint_gradient_profile(run: str | Path, batch: int = 256, seed: int = 0) -> Tensor:
+    """:func:`rollout_gradient_profile` of a finetune run's last checkpoint -> ``[K+1]``.
+
+    ``run`` is the finetune stage's directory (its ``config.yaml`` and ``checkpoints/``); the states are ``batch``
+    observations drawn (with ``seed``) from the replay buffer saved in the checkpoint, i.e. what the actor trained on.
+    """
+    run = Path(run)
+    cfg = load_config(None, yaml.safe_load((run / "config.yaml").read_text()))
+    state = load_checkpoint(run_checkpoint(run))
+    data = state["buffer"]["data"]
+    if data["obs"].shape[0] == 0:
+        raise ValueError(f"{run_checkpoint(run)}: the replay buffer is empty, there are no states to profile")
+    agent = SACAgent(data["obs"].shape[1], data["actions"].shape[1], cfg.policy, cfg.critic, cfg.sac)
+    agent.load_state_dict(state["agent"])
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, data["obs"].shape[0], (batch,), generator=g)
+    return rollout_gradient_profile(agent, data["obs"][idx], generator=g)
