@@ -1,9 +1,10 @@
 """``sacflow table``: a benchmark table in one process (``run``) and as DVC experiments (``queue``, ``gather``).
 
-The queue runs through real DVC in a temporary git repo: ``sacflow table queue`` queues 2 presets x 2 seeds of
-``bench/queue/dvc.yaml``, two ``dvc queue`` workers run them, and the table gathered from ``dvc exp show`` has 2 seeds
-per preset. The result records show that every experiment ran in its own temporary workspace and that the two
-workers ran side by side.
+The queue runs through real DVC in a temporary git repo: ``sacflow table queue`` queues 2 presets x 1 seed of
+``bench/queue/dvc.yaml`` (one round for two workers: the test's run time is that of one experiment), two
+``dvc queue`` workers run them, and the table is gathered from ``dvc exp show``. The result records show that every
+experiment ran in its own temporary workspace and that the two workers ran side by side. Means and intervals over
+seeds are tested in ``test_benchmark_table.py`` and by ``table run`` below.
 """
 
 from __future__ import annotations
@@ -61,20 +62,19 @@ def _project_repo(repo: Path) -> Path:
     return repo
 
 
-def test_two_queue_workers_run_four_experiments_into_one_table(tmp_path: Path) -> None:
+def test_two_queue_workers_run_two_experiments_into_one_table(tmp_path: Path) -> None:
     repo = _project_repo(tmp_path / "repo")
     out = _run([sys.executable, "-m", "pipeline.cli", "table", "queue", "--presets", "tiny_t,tiny_g",
-                "--seeds", "0,1", "--jobs", "2", "--wait", "--timeout", "500"], repo)
-    assert "queued 4 experiments" in out.stderr
+                "--seeds", "1", "--jobs", "2", "--wait", "--timeout", "500"], repo)
+    assert "queued 2 experiments" in out.stderr
 
     exps = experiments(repo)
-    assert len(exps) == 4 and {e.state for e in exps} == {"success"}
+    assert len(exps) == 2 and {e.state for e in exps} == {"success"}
     results = [e.result for e in exps]
-    assert sorted((r["preset"], r["seed"]) for r in results) == [("tiny_g", 0), ("tiny_g", 1),
-                                                                 ("tiny_t", 0), ("tiny_t", 1)]
+    assert sorted((r["preset"], r["seed"]) for r in results) == [("tiny_g", 1), ("tiny_t", 1)]
     # each experiment ran in its own temporary workspace, none in the repository's own
     workspaces = {r["workspace"] for r in results}
-    assert len(workspaces) == 4 and str(repo) not in workspaces
+    assert len(workspaces) == 2 and str(repo) not in workspaces
     assert all("/.dvc/tmp/exps/" in w for w in workspaces)
     assert not (repo / "runs/queue").exists()
     # two workers: the first two experiments ran at the same time
@@ -83,10 +83,10 @@ def test_two_queue_workers_run_four_experiments_into_one_table(tmp_path: Path) -
 
     table = json.loads((repo / "runs/table_report/table.json").read_text())["rows"]
     finetuned = {r["preset"]: r for r in table if r["agent"] == "finetuned"}
-    assert set(finetuned) == {"tiny_t", "tiny_g"} and all(r["seeds"] == 2 for r in finetuned.values())
+    assert set(finetuned) == {"tiny_t", "tiny_g"} and all(r["seeds"] == 1 for r in finetuned.values())
     for r in finetuned.values():
-        assert 0.0 <= r["success_rate"] <= 1.0 and r["success_rate_ci95"] >= 0.0
-    assert "| tiny_g | finetuned | deterministic | 2 |" in (repo / "runs/table_report/table.md").read_text()
+        assert 0.0 <= r["success_rate"] <= 1.0
+    assert "| tiny_g | finetuned | deterministic | 1 |" in (repo / "runs/table_report/table.md").read_text()
 
     # `sacflow table gather` reads the same experiments back into the same table
     _run([sys.executable, "-m", "pipeline.cli", "table", "gather", "--out", "gathered/table.md"], repo)
