@@ -10,6 +10,9 @@ segments of ``--profile-every`` env steps (each segment resumes the run's checkp
 - after every segment, the rollout's backpropagation-through-time profile ``‖∂Q/∂a_i‖``, i = 0..K
   (:func:`pipeline.diagnostics.checkpoint_gradient_profile`, 256 replay states), in ``rollout_grad.csv``/``.png``:
   a ratio ``‖∂Q/∂a_0‖ / ‖∂Q/∂a_K‖`` far above 1 is an exploding rollout, far below 1 a vanishing one.
+
+The (policy, K) runs are independent: split them over processes with ``--kinds``/``--steps`` and separate
+``--out`` folders, then ``--replot DIR [DIR ...]`` merges those folders' CSVs into one figure in ``--out``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from pipeline.cli import quiet_libraries  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.diagnostics import checkpoint_gradient_profile  # noqa: E402
 from pipeline.train import finetune  # noqa: E402
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [{k: v if k == "kind" else int(v) if k in ("K", "env_step", "step") else float(v) for k, v in r.items()}
+                for r in csv.DictReader(f)]
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -49,10 +58,28 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/grad_stability")
+    p.add_argument("--replot", nargs="+", metavar="DIR", help="merge these folders' CSVs into --out; train nothing")
     args = p.parse_args()
     quiet_libraries()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        rows = [r for d in args.replot for r in read_csv(Path(d) / "grad_norm.csv")]
+        profiles = [r for d in args.replot for r in read_csv(Path(d) / "rollout_grad.csv")]
+        args.steps = sorted({r["K"] for r in profiles})
+        args.kinds = [k for k in ("flow_mlp", "flow_g", "flow_t") if any(r["kind"] == k for r in profiles)]
+        milestones = sorted({r["env_step"] for r in profiles})
+    else:
+        rows, profiles, milestones = train(args, out)
+    write_csv(out / "grad_norm.csv", rows)
+    write_csv(out / "rollout_grad.csv", profiles)
+    plot_grad_norm(rows, args, out / "grad_norm.png")
+    plot_profiles(profiles, args, milestones, out / "rollout_grad.png")
+    print(f"wrote grad_norm.csv/.png and rollout_grad.csv/.png in {out}")
+
+
+def train(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], list[int]]:
+    """Every (K, kind) run, segment by segment; returns the grad-norm rows, the profile rows and the milestones."""
     every = args.profile_every or args.env_steps
     milestones = list(range(every, args.env_steps, every)) + [args.env_steps]
     rows, profiles = [], []
@@ -79,11 +106,7 @@ def main() -> None:
                 rows += [{"kind": kind, "K": steps, "env_step": int(r["env_step"]),
                           "actor_grad_norm": float(r["actor_grad_norm"])}
                          for r in csv.DictReader(f) if r["actor_grad_norm"]]
-    write_csv(out / "grad_norm.csv", rows)
-    write_csv(out / "rollout_grad.csv", profiles)
-    plot_grad_norm(rows, args, out / "grad_norm.png")
-    plot_profiles(profiles, args, milestones, out / "rollout_grad.png")
-    print(f"wrote grad_norm.csv/.png and rollout_grad.csv/.png in {out}")
+    return rows, profiles, milestones
 
 
 def plot_grad_norm(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
@@ -107,6 +130,8 @@ def plot_profiles(profiles: list[dict], args: argparse.Namespace, milestones: li
     last = milestones[-1]
     for col, steps in enumerate(args.steps):
         for kind in args.kinds:
+            if (kind, steps, last, 0) not in dq:  # a (kind, K) pair that was not run
+                continue
             axes[0, col].plot(range(steps + 1), [dq[kind, steps, last, i] / dq[kind, steps, last, steps]
                                                  for i in range(steps + 1)], marker="o", label=kind)
             axes[1, col].plot(milestones, [dq[kind, steps, m, 0] / dq[kind, steps, m, steps] for m in milestones],
