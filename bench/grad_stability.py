@@ -127,15 +127,20 @@ def plot_profiles(profiles: list[dict], args: argparse.Namespace, milestones: li
     """Top: the profile at the last milestone, normalised by ‖∂Q/∂a_K‖. Bottom: ‖∂Q/∂a_0‖/‖∂Q/∂a_K‖ over training."""
     fig, axes = plt.subplots(2, len(args.steps), figsize=(6 * len(args.steps), 8), squeeze=False)
     dq = {(r["kind"], r["K"], r["env_step"], r["step"]): r["dq_da"] for r in profiles}
+
+    def ratio(kind: str, steps: int, step: int, i: int) -> float:
+        # an all-zero profile (every action tanh-saturated, no gradient from Q at all) has no ratio: a gap
+        last_grad = dq[kind, steps, step, steps]
+        return dq[kind, steps, step, i] / last_grad if last_grad > 0 else float("nan")
+
     last = milestones[-1]
     for col, steps in enumerate(args.steps):
         for kind in args.kinds:
             if (kind, steps, last, 0) not in dq:  # a (kind, K) pair that was not run
                 continue
-            axes[0, col].plot(range(steps + 1), [dq[kind, steps, last, i] / dq[kind, steps, last, steps]
-                                                 for i in range(steps + 1)], marker="o", label=kind)
-            axes[1, col].plot(milestones, [dq[kind, steps, m, 0] / dq[kind, steps, m, steps] for m in milestones],
+            axes[0, col].plot(range(steps + 1), [ratio(kind, steps, last, i) for i in range(steps + 1)],
                               marker="o", label=kind)
+            axes[1, col].plot(milestones, [ratio(kind, steps, m, 0) for m in milestones], marker="o", label=kind)
         axes[0, col].set(title=f"{args.env}, K = {steps}, after {milestones[-1]} env steps",
                          xlabel="rollout step i", ylabel="|dQ/da_i| / |dQ/da_K|", yscale="log")
         axes[1, col].set(title=f"K = {steps}", xlabel="environment steps", ylabel="|dQ/da_0| / |dQ/da_K|",

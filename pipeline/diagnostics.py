@@ -26,7 +26,9 @@ def rollout_gradient_profile(agent: SACAgent, obs: Tensor, generator: torch.Gene
     ``Q`` is the critic ensemble reduced as in the actor loss (the entropy term is left out: it reads the noise
     directly, not only through the path). The rollout is the actor loss's stochastic one, with the agent's
     ``actor_noise_std``. The noise ``ε`` is a leaf: ``a_0 = ε_0`` and ``a_{i+1} = mean_i + std_i·ε_{i+1}`` with
-    ``mean_i``, ``std_i`` functions of ``a_i``, so ``∂Q/∂a_{i+1} = (∂Q/∂ε_{i+1}) / std_i`` exactly.
+    ``mean_i``, ``std_i`` functions of ``a_i``, so ``∂Q/∂a_{i+1} = (∂Q/∂ε_{i+1}) / std_i`` exactly. The whole
+    profile is exactly 0 when every sampled ``a_K`` saturates the tanh in float32 (``|a_K| ≳ 9``): then Q sends
+    the actor no gradient at all.
     """
     policy = agent.actor
     if not isinstance(policy, FlowPolicy):
