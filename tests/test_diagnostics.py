@@ -12,7 +12,7 @@ from pipeline.config import load_config
 from pipeline.diagnostics import checkpoint_gradient_profile, rollout_gradient_profile
 from pipeline.policies.flow import FlowPolicy
 from pipeline.train import finetune
-from tests.conftest import OBS_DIM, tiny_agent
+from conftest import OBS_DIM, tiny_agent
 
 FLOWS = [(k, n) for k in ("flow_mlp", "flow_g", "flow_t") for n in ("fixed", "learned")]
 
