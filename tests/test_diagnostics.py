@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import load_config
+from pipeline.checkpoint import run_checkpoint, save_checkpoint
+from pipeline.config import load_config, save_config
 from pipeline.diagnostics import checkpoint_gradient_profile, rollout_gradient_profile
 from pipeline.policies.flow import FlowPolicy
 from pipeline.train import finetune
@@ -100,3 +101,11 @@ def test_profile_of_a_finetune_run_reads_its_checkpoint(tmp_path: Path) -> None:
     assert profile.shape == (4,) and torch.all(torch.isfinite(profile)) and torch.all(profile > 0)
     torch.testing.assert_close(checkpoint_gradient_profile(tmp_path, batch=32, seed=1), profile, rtol=0, atol=0)
     assert not torch.equal(checkpoint_gradient_profile(tmp_path, batch=32, seed=2), profile)
+
+
+def test_profile_of_a_run_without_stored_states_is_a_clear_error(tmp_path: Path) -> None:
+    save_config(load_config(), tmp_path / "config.yaml")
+    empty = {k: torch.zeros(0, *shape) for k, shape in (("obs", (OBS_DIM,)), ("actions", (2,)))}
+    save_checkpoint({"buffer": {"data": empty}}, run_checkpoint(tmp_path))
+    with pytest.raises(ValueError, match=r"last\.pt: the replay buffer is empty, there are no states to profile"):
+        checkpoint_gradient_profile(tmp_path)
