@@ -36,13 +36,16 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.preset, extra)
 
 
-def _show_config(cfg: Config, quiet: bool) -> None:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    # a data-parallel run re-runs this command once per rank: only rank 0 (by Lightning's reading of the
-    # launcher's environment variables) shows the tree
-    if quiet or rank_zero_only.rank != 0:
+def _show_config(cfg: Config, quiet: bool, data_parallel: bool = True) -> None:
+    if quiet:
         return
+    if data_parallel:
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        # a data-parallel run re-runs this command once per rank: only rank 0 (by Lightning's reading of the
+        # launcher's environment variables) shows the tree
+        if rank_zero_only.rank != 0:
+            return
     tree = Tree(f"[bold]config[/bold] {cfg.name}")
 
     def add(node: Tree, data: dict[str, Any]) -> None:
@@ -83,7 +86,7 @@ def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
             f"pipeline in dvc.yaml cannot run. Use `sacflow finetune --preset {cfg.name} --out runs/{cfg.name}`, "
             f"or list the preset in bench/table/params.yaml and run `dvc repro bench/table/dvc.yaml`"
         )
-    _show_config(cfg, args.quiet)
+    _show_config(cfg, args.quiet, data_parallel=False)  # collecting runs in one process: no rank to ask Lightning for
     return collect(cfg, args.out)
 
 
@@ -414,11 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """Lightning's banners and data-loader advice say nothing about an RL stage."""
-    import lightning  # noqa: F401 - Lightning sets its loggers' levels on import; override them afterwards
-
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Lightning's data-loader advice and robosuite's per-env warnings say nothing about an RL stage (Lightning's
+    banners are quieted where a Trainer is built: :func:`pipeline.train.make_trainer`)."""
     # robosuite warns on every env build that the Panda has no torso/head/base/legs controller to configure
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -430,8 +430,7 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "slurm":  # slurm only talks to the queue: importing Lightning would cost it seconds
-        quiet_libraries()
+    quiet_libraries()
     try:
         result = args.func(args)
     except ConfigError as e:

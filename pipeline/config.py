@@ -89,6 +89,7 @@ class SACConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
+    adam_beta1: float = 0.9  # Adam's first-moment decay for all three optimizers (CrossQ and its flow variants: 0.5)
     init_alpha: float = 0.2  # initial temperature
     # tune alpha towards target_entropy. A flow with fixed noise sigma can barely change its entropy, so a target
     # out of its reach makes alpha grow without bound: fix alpha there (the offline-to-online presets do)
@@ -209,6 +210,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("sac.actor_lr", lambda v: v > 0, "> 0"),
     ("sac.critic_lr", lambda v: v > 0, "> 0"),
     ("sac.alpha_lr", lambda v: v > 0, "> 0"),
+    ("sac.adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("sac.init_alpha", lambda v: v > 0, "> 0"),
     ("sac.batch_size", lambda v: v >= 1, ">= 1"),
     ("sac.utd", lambda v: v >= 1, ">= 1"),

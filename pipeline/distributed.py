@@ -8,10 +8,12 @@ every rank executes a stage recipe from the top. Code that runs before ``Trainer
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    import lightning as L
 
 
 def process_rank(trainer: L.Trainer) -> int:

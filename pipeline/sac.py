@@ -161,9 +161,9 @@ def make_optimizers(agent: SACAgent) -> Optimizers:
     cfg = agent.cfg
     # fused kernels where the device supports them; foreach otherwise. CUDA graphs need the step counters on the
     # device (capturable)
-    kw: dict[str, bool] = {}
+    kw: dict[str, object] = {"betas": (cfg.adam_beta1, 0.999)}
     if next(agent.parameters()).device.type == "cuda":
-        kw = {"fused": True, "capturable": cfg.update_mode == "cuda_graphs"}
+        kw |= {"fused": True, "capturable": cfg.update_mode == "cuda_graphs"}
     return Optimizers(
         actor=torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, **kw),
         critic=torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, **kw),

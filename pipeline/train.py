@@ -3,22 +3,24 @@
 Every recipe writes into its own ``out_dir`` (config.yaml, checkpoints/, CSV logs, metrics.json) and resumes
 from ``out_dir/checkpoints/last.pt`` when it exists, so running the same command again after an interruption
 continues the run instead of restarting it.
+
+Lightning is imported where a ``Trainer`` is built, not at the top: evaluation needs none of it, and importing it
+costs a process several seconds (a ``dvc repro`` starts one process per stage).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import warnings
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
-import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy
 
 from pipeline.checkpoint import RUN_CHECKPOINT, find_checkpoint, load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError, DatasetConfig, save_config
@@ -27,12 +29,14 @@ from pipeline.data.chunking import chunk_transitions
 from pipeline.distributed import process_rank
 from pipeline.envs import make_env, make_vector_env
 from pipeline.evaluation import evaluate
-from pipeline.lightning import OfflinePretrain, OnlineFinetune, StepDataModule
 from pipeline.metrics import write_json
 from pipeline.online import PHASES
 from pipeline.progress import stage_progress
 from pipeline.runtime import resolve_device, seed_everything, set_threads
 from pipeline.sac import SACAgent
+
+if TYPE_CHECKING:
+    import lightning as L
 
 # Keys a run may change and still resume: its length, and how it is shown.
 RESUMABLE_CHANGES = ("name", "pretrain.steps", "finetune.total_steps", "trainer.progress")
@@ -121,6 +125,13 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
     start every rank. ``ddp_spawn`` is not needed: it would pickle the LightningModule (with its progress
     callback) into fresh interpreters, and buys nothing for a command-line program.
     """
+    import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy
+
+    # Lightning sets its loggers to INFO on import; its banners (accelerator, model summary) say nothing about an
+    # RL stage
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     t = cfg.trainer
     device = resolve_device(cfg.device)
     accelerator = t.accelerator if t.accelerator != "auto" else ("gpu" if device.type == "cuda" else "cpu")
@@ -157,6 +168,8 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
     ranks keep identical weights and the global batch is ``world_size * sac.batch_size``. Only rank 0 writes
     files or shows progress; the other ranks return ``{}``. ``callbacks``: extra Lightning callbacks.
     """
+    from pipeline.lightning import OfflinePretrain, StepDataModule
+
     trainer = make_trainer(cfg, callbacks)
     rank = process_rank(trainer)
     out = _prepare(cfg, out_dir, rank)
@@ -202,6 +215,8 @@ def _check_single_process(cfg: Config, stage: str) -> None:
 
 def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = None) -> dict[str, Any]:
     """Online SAC: from the agent in ``pretrained`` (a pretrain run's checkpoint) or from scratch."""
+    from pipeline.lightning import OnlineFinetune, StepDataModule
+
     _check_single_process(cfg, "finetune")
     out = _prepare(cfg, out_dir)
     ft = cfg.finetune

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,15 @@ def test_presets_and_info_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "threads" in out
+
+
+def test_stages_without_a_trainer_do_not_import_lightning() -> None:
+    # importing Lightning costs a process seconds; collect, evaluate, report and the queue commands build no Trainer
+    code = ("import sys; import pipeline.cli, pipeline.train, pipeline.collect, pipeline.report, pipeline.benchmark; "
+            "sys.exit('lightning' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert proc.returncode == 0, f"Lightning was imported: {proc.stderr[-2000:]}"
 
 
 def _tiny_d4rl(path: Path) -> Path:

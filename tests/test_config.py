@@ -63,6 +63,7 @@ def test_wrong_types(override: str, key: str, expected: str) -> None:
     ("finetune.offline_ratio=1.5", "finetune.offline_ratio"),
     ("finetune.total_steps=-1", "finetune.total_steps"),
     ("sac.grad_clip=0", "sac.grad_clip"),
+    ("sac.adam_beta1=1", "sac.adam_beta1"),
 ])
 def test_out_of_range(override: str, key: str) -> None:
     msg = error_for(override)

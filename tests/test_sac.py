@@ -236,6 +236,11 @@ def test_crossq_has_no_target_and_actor_reads_running_stats() -> None:
     assert agent.critic.training
 
 
+def test_adam_beta1_reaches_all_three_optimizers() -> None:
+    opts = make_optimizers(tiny_agent(adam_beta1=0.5))
+    assert [o.param_groups[0]["betas"] for o in (opts.actor, opts.critic, opts.alpha)] == [(0.5, 0.999)] * 3
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Non-finite guard
 
