@@ -21,21 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from pipeline.data import TransitionDataset, write_d4rl
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def synthetic_d4rl(path: Path, n: int = 10_000, obs_dim: int = 17, act_dim: int = 6) -> Path:
-    g = torch.Generator().manual_seed(0)
-    obs = torch.randn(n + 1, obs_dim, generator=g)
-    timeouts = torch.zeros(n)
-    timeouts[999::1000] = 1
-    ds = TransitionDataset(obs[:-1], torch.rand(n, act_dim, generator=g) * 2 - 1, torch.randn(n, generator=g),
-                           obs[1:], torch.zeros(n), timeouts, meta={"source": str(path)})
-    return write_d4rl(ds, path)
+    return write_d4rl(TransitionDataset.random(n, obs_dim, act_dim, episode_length=1000, source=str(path)), path)
 
 
 def pretrain_rate(devices: int, overrides: list[str], out: Path) -> dict[str, float]:

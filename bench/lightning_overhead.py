@@ -24,13 +24,7 @@ from pipeline.train import make_trainer
 
 
 def synthetic_dataset(n: int, obs_dim: int = 17, act_dim: int = 6) -> TransitionDataset:
-    g = torch.Generator().manual_seed(0)
-    obs = torch.randn(n + 1, obs_dim, generator=g)
-    terminals = torch.zeros(n)
-    timeouts = torch.zeros(n)
-    timeouts[-1] = 1
-    return TransitionDataset(obs[:-1], torch.rand(n, act_dim, generator=g) * 2 - 1, torch.randn(n, generator=g),
-                             obs[1:], terminals, timeouts, meta={"source": "synthetic"}).with_normalization()
+    return TransitionDataset.random(n, obs_dim, act_dim, episode_length=n, source="synthetic").with_normalization()
 
 
 def main() -> None:

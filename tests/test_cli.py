@@ -83,14 +83,7 @@ def test_stages_without_a_trainer_do_not_import_lightning() -> None:
 
 
 def _tiny_d4rl(path: Path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    n, obs_dim, act_dim = 400, 5, 2
-    obs = torch.randn(n + 1, obs_dim, generator=g)
-    timeouts = torch.zeros(n)
-    timeouts[99::100] = 1
-    ds = TransitionDataset(obs[:-1], torch.rand(n, act_dim, generator=g) * 2 - 1, torch.randn(n, generator=g),
-                           obs[1:], torch.zeros(n), timeouts, meta={"source": str(path)})
-    return write_d4rl(ds, path)
+    return write_d4rl(TransitionDataset.random(400, 5, 2, source=str(path)), path)
 
 
 def test_pretrain_resumes_on_the_same_out(tmp_path: Path) -> None:

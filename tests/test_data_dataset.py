@@ -60,6 +60,16 @@ def test_last_segment_without_flag_still_ends_at_n() -> None:
     assert ds.episode_ends.tolist() == [5, 12]
 
 
+def test_random_dataset_has_its_episodes_and_is_seeded() -> None:
+    ds = TransitionDataset.random(250, 4, 3, episode_length=100, seed=3)
+    assert (len(ds), ds.obs_dim, ds.act_dim) == (250, 4, 3)
+    assert ds.episode_ends.tolist() == [100, 200, 250]
+    assert ds.terminals.sum() == 0 and float(ds.actions.abs().max()) <= 1
+    torch.testing.assert_close(ds.next_observations[:-1], ds.observations[1:])  # one stream of observations
+    assert torch.equal(ds.observations, TransitionDataset.random(250, 4, 3, seed=3).observations)
+    assert not torch.equal(ds.observations, TransitionDataset.random(250, 4, 3, seed=4).observations)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [

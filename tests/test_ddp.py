@@ -34,13 +34,7 @@ DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Overrides that pretrain the smoke preset on 400 random D4RL-format transitions (obs 5, act 2)."""
     path = tmp_path_factory.mktemp("data") / "tiny.hdf5"
-    g = torch.Generator().manual_seed(0)
-    n = 400
-    obs = torch.randn(n + 1, 5, generator=g)
-    timeouts = torch.zeros(n)
-    timeouts[99::100] = 1
-    write_d4rl(TransitionDataset(obs[:-1], torch.rand(n, 2, generator=g) * 2 - 1, torch.randn(n, generator=g),
-                                 obs[1:], torch.zeros(n), timeouts, meta={"source": str(path)}), path)
+    write_d4rl(TransitionDataset.random(400, 5, 2, source=str(path)), path)
     return ["pretrain.dataset.format=d4rl", f"pretrain.dataset.source={path}"]
 
 

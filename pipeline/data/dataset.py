@@ -193,6 +193,20 @@ class TransitionDataset:
                    terminals=cat["term"], timeouts=cat["tout"],
                    episode_ends=torch.from_numpy(np.cumsum(lengths).astype(np.int64)), meta=meta)
 
+    @classmethod
+    def random(cls, n: int, obs_dim: int, act_dim: int, episode_length: int = 100, seed: int = 0,
+               source: str = "random") -> TransitionDataset:
+        """``n`` transitions of Gaussian observations and rewards and uniform actions in [-1, 1), cut by a time
+        limit every ``episode_length`` steps: data to measure and test the training machinery (throughput, DDP,
+        resuming) on, with nothing to learn."""
+        g = torch.Generator().manual_seed(seed)
+        obs = torch.randn(n + 1, obs_dim, generator=g)
+        timeouts = torch.zeros(n)
+        timeouts[episode_length - 1::episode_length] = 1
+        timeouts[-1] = 1
+        return cls(obs[:-1], torch.rand(n, act_dim, generator=g) * 2 - 1, torch.randn(n, generator=g), obs[1:],
+                   torch.zeros(n), timeouts, meta={"source": source})
+
     # ----------------------------------------------------------------- episodes and scores
     def episode_starts(self) -> torch.Tensor:
         """Start index of every episode, ``[E]`` int64."""
