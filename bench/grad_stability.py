@@ -3,8 +3,9 @@
     python bench/grad_stability.py [--env Hopper-v5] [--env-steps 20000] [--profile-every 5000]
                                    [--out bench/results/grad_stability]
 
-Each (policy, K) trains from scratch with the same seed and settings through ``pipeline.train.finetune``, in
-segments of ``--profile-every`` env steps (each segment resumes the run's checkpoint). Two measurements:
+Each (policy, K) trains from scratch with the same seed and settings (``scratch_base`` with smaller nets, then any
+``--set`` overrides) through ``pipeline.train.finetune``, in segments of ``--profile-every`` env steps (each
+segment resumes the run's checkpoint). Two measurements:
 
 - the actor's parameter gradient norm, logged every ``--log-every`` env steps (``grad_norm.csv``/``.png``);
 - after every segment, the rollout's backpropagation-through-time profile ``‖∂Q/∂a_i‖``, i = 0..K
@@ -57,6 +58,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override applied after the script's own (repeatable)")
     p.add_argument("--out", default="bench/results/grad_stability")
     p.add_argument("--replot", nargs="+", metavar="DIR", help="merge these folders' CSVs into --out; train nothing")
     args = p.parse_args()
@@ -94,7 +97,8 @@ def train(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], 
                     f"finetune.total_steps={milestone}", f"finetune.learning_starts={args.learning_starts}",
                     f"finetune.random_steps={args.learning_starts}", f"finetune.log_every={args.log_every}",
                     f"finetune.eval_every={args.env_steps}", "finetune.eval_episodes=2", "evaluate.both=false",
-                    f"finetune.checkpoint_every={args.env_steps}", f"seed={args.seed}", "trainer.progress=false"])
+                    f"finetune.checkpoint_every={args.env_steps}", f"seed={args.seed}", "trainer.progress=false",
+                    *args.set])
                 metrics = finetune(cfg, run)
                 profile = checkpoint_gradient_profile(run, seed=args.seed)
                 profiles += [{"kind": kind, "K": steps, "env_step": milestone, "step": i, "dq_da": float(g)}
