@@ -1,14 +1,19 @@
-"""Overlay the evaluation curves (success rate or return vs env steps) of several fine-tuning runs in one PNG.
+"""Overlay the learning curves (success rate or return vs env steps) of several fine-tuning runs in one PNG.
 
     python bench/plot_eval_curves.py --out docs/img/lift.png "Flow-T from BC=runs/ft_bc" "Flow-G from BC=runs/g_ft"
+    python bench/plot_eval_curves.py --metric episode_return --out docs/img/hc.png \\
+        "Flow-T=runs/s0/finetune,runs/s1/finetune,runs/s2/finetune" ...
 
-Each argument is ``LABEL=RUN_DIR`` (a finetune output directory holding ``eval.csv``).
+Each argument is ``LABEL=RUN_DIR[,RUN_DIR...]``: finetune output directories holding ``eval.csv`` (success rate,
+evaluation return; ``--mode`` picks deterministic or stochastic) or ``train.csv`` (``episode_return``: the return
+of the training episodes that ended in each logging window). Several directories (seeds) for one label draw their
+mean over the env steps all of them logged, with their min-max range shaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -16,23 +21,53 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.report import csv_series, read_csv_rows  # noqa: E402
+
+TRAIN_METRICS = ("episode_return",)  # read from train.csv; the others come from eval.csv
+
+
+def read_curve(run: Path, metric: str, mode: str) -> dict[int, float]:
+    """``{env_step: value}`` of ``metric`` in one finetune directory."""
+    path = run / ("train.csv" if metric in TRAIN_METRICS else "eval.csv")
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (expected a finetune output directory holding {path.name})")
+    where = {} if metric in TRAIN_METRICS else {"mode": mode}
+    xs, ys = csv_series(read_csv_rows(path), "env_step", metric, **where)
+    if not xs:
+        raise SystemExit(f"{path}: no {metric} values" + (f" for mode {mode}" if where else ""))
+    return dict(zip(map(int, xs), ys, strict=True))
+
+
+def seed_band(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Env steps every curve logged, and the curves' mean, min and max at each of them."""
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    at = [[c[s] for c in curves] for s in steps]
+    return steps, [statistics.fmean(v) for v in at], [min(v) for v in at], [max(v) for v in at]
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR[,RUN_DIR...]")
     p.add_argument("--out", required=True)
-    p.add_argument("--metric", default="success_rate", choices=["success_rate", "return_mean"])
+    p.add_argument("--metric", default="success_rate", choices=["success_rate", "return_mean", *TRAIN_METRICS])
     p.add_argument("--mode", default="deterministic", choices=["deterministic", "stochastic"])
     p.add_argument("--title", default="")
     args = p.parse_args()
     fig, ax = plt.subplots(figsize=(7, 4))
     for item in args.runs:
-        label, run = item.rsplit("=", 1)
-        with (Path(run) / "eval.csv").open() as f:
-            rows = [r for r in csv.DictReader(f) if r["mode"] == args.mode and r[args.metric]]
-        ax.plot([int(r["env_step"]) for r in rows], [float(r[args.metric]) for r in rows], marker="o", label=label)
-    ax.set(xlabel="online environment steps", ylabel=f"{args.metric.replace('_', ' ')} ({args.mode})",
-           title=args.title)
+        if "=" not in item:
+            raise SystemExit(f"{item!r}: expected LABEL=RUN_DIR[,RUN_DIR...]")
+        label, dirs = item.rsplit("=", 1)
+        curves = [read_curve(Path(d), args.metric, args.mode) for d in dirs.split(",")]
+        steps, mean, low, high = seed_band(curves)
+        if len(curves) > 1:
+            label = f"{label} ({len(curves)} seeds)"
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
+        if len(curves) > 1:
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+    ylabel = ("training episode return" if args.metric in TRAIN_METRICS
+              else f"{args.metric.replace('_', ' ')} ({args.mode})")
+    ax.set(xlabel="online environment steps", ylabel=ylabel, title=args.title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -16,14 +16,16 @@ from pipeline.metrics import read_json, write_json  # noqa: E402
 from pipeline.progress import results_console  # noqa: E402
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics CSV (``[]`` if the file does not exist yet)."""
     if not path.exists():
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
 
-def _series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[list[float], list[float]]:
+def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[list[float], list[float]]:
+    """Columns ``x`` and ``y`` of the rows whose ``y`` is filled and whose columns equal ``where``'s values."""
     xs, ys = [], []
     for r in rows:
         if all(r.get(k) == v for k, v in where.items()) and r.get(y) not in (None, ""):
@@ -35,13 +37,13 @@ def _series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[l
 def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) -> list[Path]:
     """Eval return / success vs env steps, and the actor gradient norm, as PNGs."""
     made = []
-    eval_rows = _read_csv(finetune_dir / "eval.csv")
-    train_rows = _read_csv(finetune_dir / "train.csv")
+    eval_rows = read_csv_rows(finetune_dir / "eval.csv")
+    train_rows = read_csv_rows(finetune_dir / "train.csv")
     key = "success_rate" if any(r.get("success_rate") for r in eval_rows) else "return_mean"
     if eval_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         for mode in ("deterministic", "stochastic"):
-            xs, ys = _series(eval_rows, "env_step", key, mode=mode)
+            xs, ys = csv_series(eval_rows, "env_step", key, mode=mode)
             if xs:
                 ax.plot(xs, ys, marker="o", label=mode)
         ax.set(xlabel="environment steps", ylabel=key.replace("_", " "), title="evaluation during fine-tuning")
@@ -52,10 +54,10 @@ def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) ->
         plt.close(fig)
     if train_rows:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        xs, ys = _series(train_rows, "env_step", "episode_return")
+        xs, ys = csv_series(train_rows, "env_step", "episode_return")
         axes[0].plot(xs, ys)
         axes[0].set(xlabel="environment steps", ylabel="training episode return")
-        xs, ys = _series(train_rows, "env_step", "actor_grad_norm")
+        xs, ys = csv_series(train_rows, "env_step", "actor_grad_norm")
         axes[1].plot(xs, ys)
         axes[1].set(xlabel="environment steps", ylabel="actor gradient norm", yscale="log" if ys else "linear")
         for ax in axes:
@@ -63,11 +65,11 @@ def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) ->
         made.append(out_dir / "training.png")
         fig.savefig(made[-1], dpi=100, bbox_inches="tight")
         plt.close(fig)
-    pre_rows = _read_csv(pretrain_dir / "pretrain.csv") if pretrain_dir else []
+    pre_rows = read_csv_rows(pretrain_dir / "pretrain.csv") if pretrain_dir else []
     if pre_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         for y in ("flow_loss", "critic_loss"):
-            xs, ys = _series(pre_rows, "step", y)
+            xs, ys = csv_series(pre_rows, "step", y)
             if xs:
                 ax.plot(xs, ys, label=y)
         ax.set(xlabel="pretraining steps", yscale="log", title="offline pretraining losses")

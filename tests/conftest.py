@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,13 @@ def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch
     }
     cols.update(fields)
     return Batch(**cols)
+
+
+def tiny_d4rl(path: Path) -> Path:
+    """400 random D4RL-format transitions (obs 5, act 2, episodes of 100) written to ``path``; returns ``path``."""
+    from pipeline.data import TransitionDataset, write_d4rl
+
+    return write_d4rl(TransitionDataset.random(400, 5, 2, source=str(path)), path)
 
 
 # --------------------------------------------------------------------------- loader fuzzing (hypothesis)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.data import TransitionDataset, write_d4rl
+from conftest import tiny_d4rl
 
 
 @pytest.fixture(autouse=True)
@@ -82,12 +82,8 @@ def test_stages_without_a_trainer_do_not_import_lightning() -> None:
     assert proc.returncode == 0, f"Lightning was imported: {proc.stderr[-2000:]}"
 
 
-def _tiny_d4rl(path: Path) -> Path:
-    return write_d4rl(TransitionDataset.random(400, 5, 2, source=str(path)), path)
-
-
 def test_pretrain_resumes_on_the_same_out(tmp_path: Path) -> None:
-    data = _tiny_d4rl(tmp_path / "tiny.hdf5")
+    data = tiny_d4rl(tmp_path / "tiny.hdf5")
     args = ["pretrain", "--preset", "smoke", "--quiet", "--set", "pretrain.dataset.format=d4rl",
             "--set", f"pretrain.dataset.source={data}", "--out", str(tmp_path / "run")]
     assert main([*args, "--set", "pretrain.steps=20"]) == 0
@@ -103,7 +99,7 @@ def test_pretrain_resumes_on_the_same_out(tmp_path: Path) -> None:
 
 def test_a_changed_config_starts_fresh_instead_of_resuming(tmp_path: Path) -> None:
     """DVC keeps persisted checkpoints across reruns: a rerun with other hyperparameters must not resume them."""
-    data = _tiny_d4rl(tmp_path / "tiny.hdf5")
+    data = tiny_d4rl(tmp_path / "tiny.hdf5")
     args = ["pretrain", "--preset", "smoke", "--quiet", "--set", "pretrain.dataset.format=d4rl",
             "--set", f"pretrain.dataset.source={data}", "--set", "pretrain.steps=20", "--out", str(tmp_path / "run")]
     assert main(args) == 0

@@ -23,8 +23,8 @@ import yaml
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
-from pipeline.data import TransitionDataset, write_d4rl
 from pipeline.train import finetune, pretrain
+from conftest import tiny_d4rl
 
 REPO = Path(__file__).resolve().parent.parent
 DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
@@ -33,8 +33,7 @@ DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Overrides that pretrain the smoke preset on 400 random D4RL-format transitions (obs 5, act 2)."""
-    path = tmp_path_factory.mktemp("data") / "tiny.hdf5"
-    write_d4rl(TransitionDataset.random(400, 5, 2, source=str(path)), path)
+    path = tiny_d4rl(tmp_path_factory.mktemp("data") / "tiny.hdf5")
     return ["pretrain.dataset.format=d4rl", f"pretrain.dataset.source={path}"]
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 from pathlib import Path
+
+import pytest
 
 from pipeline.metrics import CSVLog, write_json
 from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
@@ -33,3 +37,31 @@ def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((tmp_path / "report/summary.json").read_text())
     assert summary["finetuned_deterministic"]["success_rate"] == 1.0
+
+
+PLOT_SCRIPT = str(Path(__file__).parents[1] / "bench/plot_eval_curves.py")
+
+
+def _run_plot_script(monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["plot_eval_curves.py", *argv])
+    runpy.run_path(PLOT_SCRIPT, run_name="__main__")
+
+
+def test_seed_band_is_mean_min_max_over_the_steps_all_seeds_logged() -> None:
+    seed_band = runpy.run_path(PLOT_SCRIPT)["seed_band"]
+    steps, mean, low, high = seed_band([{100: 1.0, 200: 4.0, 300: 9.0}, {100: 3.0, 200: 0.0}])
+    assert (steps, mean, low, high) == ([100, 200], [2.0, 2.0], [1.0, 0.0], [3.0, 4.0])
+
+
+def test_plot_script_draws_seeds_and_names_bad_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for seed in (0, 1):
+        train = CSVLog(tmp_path / f"s{seed}/train.csv", TRAIN_COLUMNS, "env_step")
+        for step in (100, 200, 300):
+            train.append({"env_step": step, "episode_return": step + seed})
+    runs = f"{tmp_path}/s0,{tmp_path}/s1"
+    _run_plot_script(monkeypatch, "--metric", "episode_return", "--out", str(tmp_path / "c.png"), f"Flow-T={runs}")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="s0/eval.csv: no such file"):
+        _run_plot_script(monkeypatch, "--metric", "return_mean", "--out", str(tmp_path / "d.png"), f"a={runs}")
+    with pytest.raises(SystemExit, match="expected LABEL=RUN_DIR"):
+        _run_plot_script(monkeypatch, "--out", str(tmp_path / "d.png"), str(tmp_path / "s0"))
