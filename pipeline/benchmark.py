@@ -128,9 +128,13 @@ def table_rows(runs: Iterable[tuple[str, dict[str, Any]]]) -> list[dict[str, Any
     return rows
 
 
+CELL_DECIMALS = {"success_rate": 3, "return_mean": 1}  # a rate in [0, 1]; returns in the hundreds or thousands
+
+
 def ci_cell(row: dict[str, Any], key: str) -> str:
     """``"mean ± half-width"`` of a table row's ``key`` (empty where no run reported it)."""
-    return f"{row[key]:.3f} ± {row[key + '_ci95']:.3f}" if key in row else ""
+    d = CELL_DECIMALS.get(key, 3)
+    return f"{row[key]:.{d}f} ± {row[key + '_ci95']:.{d}f}" if key in row else ""
 
 
 def write_table(rows: list[dict[str, Any]], out: str | Path) -> str:

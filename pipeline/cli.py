@@ -148,11 +148,13 @@ def _show_table(rows: list[dict[str, Any]], title: str) -> None:
     from pipeline.benchmark import ci_cell
 
     table = Table(title=title)
-    for column in ("preset", "agent", "mode", "seeds", "success rate", "return"):
-        table.add_column(column)
+    table.add_column("preset", overflow="fold")  # a run's identity: folded onto lines, never cut short
+    metrics = [(k, name) for k, name in (("success_rate", "success rate"), ("return_mean", "return"))
+               if any(k in r for r in rows)]  # locomotion has no success rate: no empty column
+    for column in ("agent", "mode", "seeds", *(name for _, name in metrics)):
+        table.add_column(column, no_wrap=True)
     for r in rows:
-        table.add_row(escape(r["preset"]), r["agent"], r["mode"], str(r["seeds"]), ci_cell(r, "success_rate"),
-                      ci_cell(r, "return_mean"))
+        table.add_row(escape(r["preset"]), r["agent"], r["mode"], str(r["seeds"]), *(ci_cell(r, k) for k, _ in metrics))
     results_console.print(table)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.benchmark import config_label, gather_table, mean_ci95, table_rows
+from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.exp_queue import grid_params
 from pipeline.metrics import write_json
@@ -50,3 +51,15 @@ def test_grid_params_sweep_presets_and_seeds_and_quote_override_values() -> None
         grid_params(["smoke", "nope"], [0])
     with pytest.raises(ConfigError, match="must not repeat"):
         grid_params(["smoke"], [0, 0])
+
+
+def test_table_gather_shows_whole_names_and_no_empty_success_column(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    preset = "walker2d_scratch_gaussian_with_a_long_name"
+    for seed, ret in [(0, 488.26), (1, 470.0)]:
+        write_json(tmp_path / f"runs/{preset}-s{seed}/evaluate/metrics.json",
+                   {"finetuned": {"deterministic": {"episodes": 10, "return_mean": ret}}})
+    assert main(["table", "gather", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "t.md")]) == 0
+    shown = capsys.readouterr().out
+    assert "…" not in shown and "success rate" not in shown and "479.1 ± " in shown
+    assert f"| {preset} | finetuned | deterministic | 2 |  | 479.1 ± 116.0 |" in (tmp_path / "t.md").read_text()
