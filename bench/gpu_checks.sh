@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in one go: the CUDA tests (same maths as on the CPU; CUDA-graph updates; pretrain -> finetune ->
-# evaluate with device=cuda), then SAC update throughput on the GPU per sac.update_mode and the same updates on one
-# CPU thread of the same machine, every ratio measured in one process.
+# evaluate with device=cuda), then SAC update throughput on the GPU per sac.update_mode (also on the from-scratch
+# presets' CrossQ backbone) and the same updates on one CPU thread of the same machine, every ratio measured in one
+# process. The timeouts add up to under 10 minutes.
 #   bash bench/gpu_checks.sh [results-dir]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +16,9 @@ timeout 150 python bench/update_throughput.py --device cuda --steps 1 4 10 --bat
   --modes eager cuda_graphs 2>&1 | tee "$RES/throughput_cuda.txt"
 timeout 60 python bench/update_throughput.py --device cpu --threads 1 --steps 4 --batch 1024 --repeats 10 \
   2>&1 | tee "$RES/throughput_cpu_same_machine.txt"
-timeout 150 python bench/update_throughput.py --device cuda --steps 4 --batch 1024 --repeats 100 \
+timeout 120 python bench/update_throughput.py --device cuda --steps 4 --batch 1024 --repeats 100 \
   --kinds gaussian flow_t --modes eager compile cuda_graphs 2>&1 | grep -v '^W1' | tee "$RES/throughput_compile.txt"
+# the from-scratch presets' backbone: CrossQ critics, actor and alpha every 3rd update, batch 256
+timeout 90 python bench/update_throughput.py --device cuda --steps 4 --batch 256 --repeats 60 \
+  --modes eager cuda_graphs --set critic.kind=crossq --set sac.policy_delay=3 --set sac.adam_beta1=0.5 \
+  2>&1 | tee "$RES/throughput_crossq.txt"

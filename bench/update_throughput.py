@@ -2,9 +2,10 @@
 
     python bench/update_throughput.py [--steps 1 4 10] [--batch 256 1024] [--threads 1 2]
                                       [--modes eager eager_noguard compile cuda_graphs]
-                                      [--device cpu|cuda] [--repeats 30] [--hidden 256]
+                                      [--device cpu|cuda] [--repeats 30] [--hidden 256] [--set KEY=VALUE ...]
 
-Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak). The headline
+Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak; with
+``--set sac.policy_delay=N`` the actor and alpha step on every N-th update, as in the from-scratch presets). The headline
 is the ratio flow_x / gaussian at the same K, batch and threads; absolute numbers are only comparable within one
 run on one machine. Modes are ``sac.update_mode`` values (``eager``, ``compile``, ``cuda_graphs``; the last two guard
 against non-finite steps on the device) plus ``eager_noguard``: eager without the guard, whose host sync per
@@ -25,10 +26,11 @@ KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
 
 
-def make_updater(kind: str, steps: int, hidden: int, device: torch.device, mode: str) -> SACUpdater:
+def make_updater(kind: str, steps: int, hidden: int, device: torch.device, mode: str,
+                 overrides: list[str]) -> SACUpdater:
     update_mode = mode.removesuffix("_noguard")
     cfg = load_config(None, [f"policy.kind={kind}", f"policy.steps={steps}", f"policy.hidden={hidden}",
-                             f"critic.hidden={hidden}", f"sac.update_mode={update_mode}"])
+                             f"critic.hidden={hidden}", f"sac.update_mode={update_mode}", *overrides])
     agent = SACAgent(OBS_DIM, ACT_DIM, cfg.policy, cfg.critic, cfg.sac).to(device)
     return SACUpdater(agent, make_optimizers(agent), check_finite=not mode.endswith("_noguard"))
 
@@ -65,9 +67,12 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["eager"],
                    choices=["eager", "eager_noguard", "compile", "cuda_graphs"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every row, e.g. critic.kind=crossq (repeatable)")
     args = p.parse_args()
     device = torch.device(args.device)
-    print(f"device={device} hidden={args.hidden} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}")
+    print(f"device={device} hidden={args.hidden} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}"
+          + "".join(f" {o}" for o in args.set))
     print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>16} {'upd/s':>8} {'vs gaussian':>11} "
           f"{'vs ' + args.modes[0]:>8}")
     for threads in args.threads:
@@ -82,7 +87,7 @@ def main() -> None:
                         torch.manual_seed(0)
                         torch.compiler.reset()
                         try:
-                            updater = make_updater(kind, steps, args.hidden, device, mode)
+                            updater = make_updater(kind, steps, args.hidden, device, mode, args.set)
                             ups = updates_per_second(updater, batch, args.repeats)
                         except Exception as e:  # one failing mode must not hide the other rows
                             print(f"{threads:>7} {batch_size:>5} {steps:>3} {kind:>9} {mode:>16} failed: "
