@@ -4,6 +4,8 @@
     python bench/plot_eval_curves.py --metric episode_return --out docs/img/hc.png \\
         "Flow-T=runs/s0/finetune,runs/s1/finetune,runs/s2/finetune" ...
 
+(A benchmark table's runs get these curves from ``sacflow table gather``; this script overlays any runs.)
+
 Each argument is ``LABEL=RUN_DIR[,RUN_DIR...]``: finetune output directories holding ``eval.csv`` (success rate,
 evaluation return; ``--mode`` picks deterministic or stochastic) or ``train.csv`` (``episode_return``: the return
 of the training episodes that ended in each logging window). Several directories (seeds) for one label draw their
@@ -13,7 +15,6 @@ mean over the env steps all of them logged, with their min-max range shaded.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import matplotlib
@@ -21,28 +22,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.report import csv_series, read_csv_rows  # noqa: E402
+from pipeline.report import plot_seeds, read_curve  # noqa: E402
 
 TRAIN_METRICS = ("episode_return",)  # read from train.csv; the others come from eval.csv
 
 
-def read_curve(run: Path, metric: str, mode: str) -> dict[int, float]:
+def run_curve(run: Path, metric: str, mode: str) -> dict[int, float]:
     """``{env_step: value}`` of ``metric`` in one finetune directory."""
     path = run / ("train.csv" if metric in TRAIN_METRICS else "eval.csv")
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (expected a finetune output directory holding {path.name})")
-    where = {} if metric in TRAIN_METRICS else {"mode": mode}
-    xs, ys = csv_series(read_csv_rows(path), "env_step", metric, **where)
-    if not xs:
-        raise SystemExit(f"{path}: no {metric} values" + (f" for mode {mode}" if where else ""))
-    return dict(zip(map(int, xs), ys, strict=True))
-
-
-def seed_band(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Env steps every curve logged, and the curves' mean, min and max at each of them."""
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    at = [[c[s] for c in curves] for s in steps]
-    return steps, [statistics.fmean(v) for v in at], [min(v) for v in at], [max(v) for v in at]
+    curve = read_curve(path, metric) if metric in TRAIN_METRICS else read_curve(path, metric, mode=mode)
+    if not curve:
+        raise SystemExit(f"{path}: no {metric} values" + ("" if metric in TRAIN_METRICS else f" for mode {mode}"))
+    return curve
 
 
 def main() -> None:
@@ -58,13 +51,7 @@ def main() -> None:
         if "=" not in item:
             raise SystemExit(f"{item!r}: expected LABEL=RUN_DIR[,RUN_DIR...]")
         label, dirs = item.rsplit("=", 1)
-        curves = [read_curve(Path(d), args.metric, args.mode) for d in dirs.split(",")]
-        steps, mean, low, high = seed_band(curves)
-        if len(curves) > 1:
-            label = f"{label} ({len(curves)} seeds)"
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
-        if len(curves) > 1:
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+        plot_seeds(ax, label, [run_curve(Path(d), args.metric, args.mode) for d in dirs.split(",")])
     ylabel = ("training episode return" if args.metric in TRAIN_METRICS
               else f"{args.metric.replace('_', ' ')} ({args.mode})")
     ax.set(xlabel="online environment steps", ylabel=ylabel, title=args.title)

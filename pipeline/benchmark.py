@@ -16,7 +16,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ Overrides = list[str] | dict[str, Any]  # ``["a.b=1"]``, ``{"a.b": 1}`` or neste
 
 
 def run_name(preset: str, seed: int) -> str:
-    """The directory name of one (preset, seed) run inside a runs folder; :func:`run_dirs` parses it back."""
+    """The directory name of one (preset, seed) run inside a runs folder; :func:`finished_runs` parses it back."""
     return f"{preset}-s{seed}"
 
 
@@ -137,11 +137,14 @@ def ci_cell(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.{d}f} ± {row[key + '_ci95']:.{d}f}" if key in row else ""
 
 
-def write_table(rows: list[dict[str, Any]], out: str | Path) -> str:
-    """Write ``rows`` as a markdown table to ``out`` and as JSON next to it; returns the markdown."""
+def write_table(rows: list[dict[str, Any]], out: str | Path, figures: Sequence[Path] = ()) -> str:
+    """Write ``rows`` as a markdown table to ``out`` (with links to ``figures`` beside it) and as JSON next to it;
+    returns the markdown."""
     lines = ["| preset | agent | mode | seeds | success rate | return |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['preset']} | {r['agent']} | {r['mode']} | {r['seeds']} | {ci_cell(r, 'success_rate')} | "
               f"{ci_cell(r, 'return_mean')} |" for r in rows]
+    if figures:
+        lines += ["", *(f"![{p.stem}]({p.name})" for p in figures)]
     text = "Mean ± 95 % confidence half-width over seeds.\n\n" + "\n".join(lines) + "\n"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,17 +153,22 @@ def write_table(rows: list[dict[str, Any]], out: str | Path) -> str:
     return text
 
 
-def run_dirs(runs_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """``(preset, evaluate metrics)`` of every finished ``<runs_dir>/<preset>-s<seed>/`` run."""
-    return [(metrics.parent.parent.name.rsplit("-s", 1)[0], read_json(metrics))
+def finished_runs(runs_dir: str | Path) -> list[tuple[str, Path]]:
+    """``(preset, run directory)`` of every finished ``<runs_dir>/<preset>-s<seed>/`` run (evaluate stage done)."""
+    return [(metrics.parent.parent.name.rsplit("-s", 1)[0], metrics.parent.parent)
             for metrics in sorted(Path(runs_dir).glob("*-s*/evaluate/metrics.json"))]
 
 
 def gather_table(runs_dir: str | Path, out: str | Path) -> list[dict[str, Any]]:
-    """Read ``<runs_dir>/<preset>-s<seed>/evaluate/metrics.json`` and write a markdown table (+ JSON) to ``out``.
+    """Read ``<runs_dir>/<preset>-s<seed>/evaluate/metrics.json`` and write a markdown table (+ JSON) to ``out``,
+    and beside it ``curves_<env>.png``: each preset's learning curves over its seeds
+    (:func:`pipeline.report.plot_table_curves`).
 
     One row per (preset, agent, mode): seeds, success rate and return as mean ± 95 % CI half-width.
     """
-    rows = table_rows(run_dirs(runs_dir))
-    write_table(rows, out)
+    from pipeline.report import plot_table_curves  # matplotlib: only where a table is written
+
+    runs = finished_runs(runs_dir)
+    rows = table_rows((preset, read_json(run / "evaluate/metrics.json")) for preset, run in runs)
+    write_table(rows, out, plot_table_curves(runs, Path(out).parent))
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.metrics import read_json, write_json  # noqa: E402
@@ -32,6 +34,64 @@ def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tupl
             xs.append(float(r[x]))
             ys.append(float(r[y]))
     return xs, ys
+
+
+def read_curve(path: Path, metric: str, **where: str) -> dict[int, float]:
+    """``{env_step: value}`` of ``metric`` in a fine-tuning CSV log (``train.csv`` or ``eval.csv``)."""
+    xs, ys = csv_series(read_csv_rows(path), "env_step", metric, **where)
+    return dict(zip(map(int, xs), ys, strict=True))
+
+
+def seed_band(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Env steps every curve logged, and the curves' mean, min and max at each of them."""
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    at = [[c[s] for c in curves] for s in steps]
+    return steps, [statistics.fmean(v) for v in at], [min(v) for v in at], [max(v) for v in at]
+
+
+def plot_seeds(ax: Any, label: str, curves: list[dict[int, float]]) -> None:
+    """One line per label: the seeds' mean, with their min-max range shaded where there are several."""
+    steps, mean, low, high = seed_band(curves)
+    if len(curves) > 1:
+        label = f"{label} ({len(curves)} seeds)"
+    (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
+    if len(curves) > 1:
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+
+
+def plot_table_curves(runs: list[tuple[str, Path]], out_dir: Path) -> list[Path]:
+    """``curves_<env>.png`` per env of a benchmark table's runs (``(preset, run_dir)`` pairs, one per seed).
+
+    Each figure has the training episode return and the deterministic evaluation (success rate where the runs
+    report one, else return) against env steps, one line per preset: the mean over its seeds, min-max shaded.
+    """
+    by_env: dict[str, dict[str, list[Path]]] = {}
+    for preset, run in runs:
+        ft = run / "finetune"
+        if (ft / "train.csv").is_file() and (ft / "config.yaml").is_file():
+            env = yaml.safe_load((ft / "config.yaml").read_text())["finetune"]["env_id"]
+            by_env.setdefault(env, {}).setdefault(preset, []).append(ft)
+    made = []
+    for env, presets in sorted(by_env.items()):
+        fig, (train_ax, eval_ax) = plt.subplots(1, 2, figsize=(12, 4))
+        key = "success_rate" if any(r.get("success_rate") for dirs in presets.values() for d in dirs
+                                    for r in read_csv_rows(d / "eval.csv")) else "return_mean"
+        for preset, dirs in sorted(presets.items()):
+            plot_seeds(train_ax, preset, [read_curve(d / "train.csv", "episode_return") for d in dirs])
+            curves = [read_curve(d / "eval.csv", key, mode="deterministic") for d in dirs]
+            if all(curves):
+                plot_seeds(eval_ax, preset, curves)
+        train_ax.set(xlabel="online environment steps", ylabel="training episode return", title=env)
+        eval_ax.set(xlabel="online environment steps", ylabel=f"{key.replace('_', ' ')} (deterministic)",
+                    title=f"{env}: evaluation")
+        for ax in (train_ax, eval_ax):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        made.append(out_dir / f"curves_{env.replace('/', '_')}.png")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(made[-1], dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return made
 
 
 def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) -> list[Path]:

@@ -8,9 +8,10 @@ import pytest
 
 from pipeline.benchmark import config_label, gather_table, mean_ci95, table_rows
 from pipeline.cli import main
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, load_config, save_config
 from pipeline.exp_queue import grid_params
-from pipeline.metrics import write_json
+from pipeline.metrics import CSVLog, write_json
+from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
 
 
 def test_mean_ci95_matches_a_hand_computation() -> None:
@@ -63,3 +64,22 @@ def test_table_gather_shows_whole_names_and_no_empty_success_column(tmp_path: Pa
     shown = capsys.readouterr().out
     assert "…" not in shown and "success rate" not in shown and "479.1 ± " in shown
     assert f"| {preset} | finetuned | deterministic | 2 |  | 479.1 ± 116.0 |" in (tmp_path / "t.md").read_text()
+
+
+def test_gather_table_draws_each_envs_learning_curves_over_seeds(tmp_path: Path) -> None:
+    cfg = load_config("smoke")
+    for seed in (0, 1):
+        run = tmp_path / f"runs/smoke-s{seed}"
+        write_json(run / "evaluate/metrics.json", {"finetuned": {"deterministic": {"episodes": 2, "return_mean": 1.0,
+                                                                                   "success_rate": 0.5}}})
+        (run / "finetune").mkdir()
+        save_config(cfg, run / "finetune/config.yaml")
+        train = CSVLog(run / "finetune/train.csv", TRAIN_COLUMNS, "env_step")
+        evals = CSVLog(run / "finetune/eval.csv", EVAL_COLUMNS, "env_step")
+        for step in (100, 200):
+            train.append({"env_step": step, "episode_return": step + seed})
+            evals.append({"env_step": step, "mode": "deterministic", "return_mean": 1.0, "success_rate": seed})
+    gather_table(tmp_path / "runs", tmp_path / "out/table.md")
+    png = f"curves_{cfg.finetune.env_id.replace('/', '_')}.png"
+    assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
+    assert f"({png})" in (tmp_path / "out/table.md").read_text()

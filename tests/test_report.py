@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.metrics import CSVLog, write_json
 from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
-from pipeline.report import build_report
+from pipeline.report import build_report, seed_band
 
 
 def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
@@ -48,7 +48,6 @@ def _run_plot_script(monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
 
 
 def test_seed_band_is_mean_min_max_over_the_steps_all_seeds_logged() -> None:
-    seed_band = runpy.run_path(PLOT_SCRIPT)["seed_band"]
     steps, mean, low, high = seed_band([{100: 1.0, 200: 4.0, 300: 9.0}, {100: 3.0, 200: 0.0}])
     assert (steps, mean, low, high) == ([100, 200], [2.0, 2.0], [1.0, 0.0], [3.0, 4.0])
 
