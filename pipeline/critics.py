@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +116,33 @@ class BatchRenorm(nn.Module):
             self.running_var.lerp_(var, self.momentum)
             self.steps += 1
         return torch.addcmul(self.bias + self.weight * d, centered, self.weight * r / std)
+
+
+class InputBatchRenorm(BatchRenorm):
+    """BatchRenorm of ``x [B, F]`` that uses running statistics unless the caller asks for the batch's.
+
+    It ignores ``train()``/``eval()`` of the modules above it: acting (one observation at a time) and critic
+    targets must read running statistics even while the agent trains, and only the actor loss moves them
+    (inside :meth:`batch_statistics`), as the actor of CrossQ does.
+    """
+
+    def __init__(self, features: int, warmup: int = 100_000) -> None:
+        super().__init__(1, features, warmup=warmup)
+        self.training = False
+
+    def train(self, mode: bool = True) -> InputBatchRenorm:
+        return self
+
+    @contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        self.training = True
+        try:
+            yield
+        finally:
+            self.training = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.unsqueeze(0)).squeeze(0)
 
 
 class CrossQCritic(nn.Module):

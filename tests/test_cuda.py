@@ -108,8 +108,9 @@ def test_cuda_graph_updates_track_eager(kind: str) -> None:
 
 
 def _crossq_infos(mode: str, device: torch.device) -> tuple[SACUpdater, list[dict[str, float]]]:
-    """Six updates of the from-scratch presets' backbone (CrossQ critic, actor every 2nd update) in ``mode``."""
-    agent = tiny_agent({"kind": "flow_g"}, {"kind": "crossq"}, update_mode=mode, policy_delay=2).to(device)
+    """Six updates on the CrossQ backbone (actor every 2nd update, actor input BatchRenorm) in ``mode``."""
+    agent = tiny_agent({"kind": "flow_g", "input_norm": "batch_renorm"}, {"kind": "crossq"}, update_mode=mode,
+                       policy_delay=2).to(device)
     updater = SACUpdater(agent, make_optimizers(agent))
     torch.manual_seed(0)
     infos = [{k: float(v) for k, v in updater.update(_to(random_batch(64, seed=s), device)).items()}
@@ -128,10 +129,11 @@ def test_cuda_graph_crossq_updates_with_a_policy_delay_match_eager() -> None:
         for k in ("critic_loss", "q_mean", "log_prob", "alpha"):
             if k in e:
                 assert g[k] == pytest.approx(e[k], rel=1e-3, abs=1e-5), k
-    graphed_stats = graphed.agent.critic.state_dict()
-    for k, v in eager.agent.critic.state_dict().items():
+    graphed_stats = graphed.agent.state_dict()
+    for k, v in eager.agent.state_dict().items():
         if "running" in k or "steps" in k:
             torch.testing.assert_close(graphed_stats[k], v, atol=1e-4, rtol=1e-3, msg=k)
+    assert int(graphed.agent.actor_input_norm.steps) == 3
 
 
 @pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")

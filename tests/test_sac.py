@@ -342,3 +342,25 @@ def test_agent_normalizes_observations_when_acting() -> None:
     direct = agent.actor.act((obs - 3.0) / 2.0, deterministic=True)
     torch.testing.assert_close(agent.act(obs, deterministic=True), direct)
     assert isinstance(agent, SACAgent)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow_t"])
+def test_actor_input_batch_renorm_moves_only_in_the_actor_loss(kind: str) -> None:
+    # CrossQ's actor: batch statistics (and a running-statistics step) in the actor loss, running ones for acting
+    # and for critic targets, whatever mode the agent is in
+    agent = tiny_agent({"kind": kind, "input_norm": "batch_renorm"}, {"kind": "crossq"}, policy_delay=2)
+    norm = agent.actor_input_norm
+    assert norm is not None and not agent.eval().train().actor_input_norm.training
+    updater = SACUpdater(agent, make_optimizers(agent))
+    batch = random_batch(16, obs=torch.randn(16, OBS_DIM) * 5 + 3)
+    updater.update(batch)  # critic only (policy delay 2): the critic target samples next actions
+    assert int(norm.steps) == 0 and torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+    agent.act(batch.obs[:1], deterministic=False)  # one observation: running statistics, or it would be NaN
+    weight = norm.weight.detach().clone()
+    info = updater.update(batch)
+    assert "actor_loss" in info and int(norm.steps) == 1
+    torch.testing.assert_close(norm.running_mean.flatten(), 0.01 * batch.obs.mean(0))
+    assert not torch.equal(norm.weight, weight)  # the actor's optimizer trains the layer's affine parameters
+    fresh = tiny_agent({"kind": kind, "input_norm": "batch_renorm"}, {"kind": "crossq"}, seed=3)
+    fresh.load_state_dict(agent.state_dict())  # the layer's statistics travel with checkpoints
+    torch.testing.assert_close(fresh.act(batch.obs, deterministic=True), agent.act(batch.obs, deterministic=True))

@@ -92,14 +92,15 @@ def test_compiled_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow  # compiles both steps: ~2 min on two CPU cores
 def test_compiled_crossq_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The from-scratch presets' backbone, with a policy delay. Parameters are not compared: the biases that feed a
-    # batch-renorm layer get no gradient in exact arithmetic, so Adam turns each kernel's rounding into its own
-    # +-lr steps. The losses, and the running statistics the layers keep, must agree.
+    # The from-scratch presets' backbone, with a policy delay and CrossQ's actor input layer. Parameters are not
+    # compared: the biases that feed a batch-renorm layer get no gradient in exact arithmetic, so Adam turns each
+    # kernel's rounding into its own +-lr steps. The losses, and the running statistics the layers keep, must agree.
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
 
     def run(mode: str) -> tuple[SACAgent, list[dict[str, float]]]:
         torch.compiler.reset()
-        agent = tiny_agent({"kind": "flow_g"}, {"kind": "crossq"}, update_mode=mode, policy_delay=2)
+        agent = tiny_agent({"kind": "flow_g", "input_norm": "batch_renorm"}, {"kind": "crossq"}, update_mode=mode,
+                           policy_delay=2)
         updater = SACUpdater(agent, make_optimizers(agent))
         torch.manual_seed(5)
         infos = [{k: float(v) for k, v in updater.update(random_batch(16, seed=seed)).items()} for seed in range(4)]
@@ -111,11 +112,11 @@ def test_compiled_crossq_updates_match_eager(monkeypatch: pytest.MonkeyPatch) ->
         for k in ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"):  # actor_q reads those biases
             if k in e:
                 assert c[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), k
-    stats = {k: v for k, v in compiled.critic.state_dict().items() if "running" in k or "steps" in k}
-    for k, v in eager.critic.state_dict().items():
+    stats = {k: v for k, v in compiled.state_dict().items() if "running" in k or "steps" in k}
+    for k, v in eager.state_dict().items():
         if k in stats:
             torch.testing.assert_close(stats[k], v, atol=1e-4, rtol=1e-4, msg=k)
-    assert int(compiled.critic.net[0].steps) == 4
+    assert int(compiled.critic.net[0].steps) == 4 and int(compiled.actor_input_norm.steps) == 2
 
 
 def test_cuda_graphs_need_a_cuda_agent() -> None:
