@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.report import plot_seeds, read_curve  # noqa: E402
+from pipeline.report import curve_of, plot_seeds, read_csv_rows  # noqa: E402
 
 TRAIN_METRICS = ("episode_return",)  # read from train.csv; the others come from eval.csv
 
@@ -32,7 +32,8 @@ def run_curve(run: Path, metric: str, mode: str) -> dict[int, float]:
     path = run / ("train.csv" if metric in TRAIN_METRICS else "eval.csv")
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (expected a finetune output directory holding {path.name})")
-    curve = read_curve(path, metric) if metric in TRAIN_METRICS else read_curve(path, metric, mode=mode)
+    rows = read_csv_rows(path)
+    curve = curve_of(rows, metric) if metric in TRAIN_METRICS else curve_of(rows, metric, mode=mode)
     if not curve:
         raise SystemExit(f"{path}: no {metric} values" + ("" if metric in TRAIN_METRICS else f" for mode {mode}"))
     return curve

@@ -5,11 +5,11 @@
                                       [--device cpu|cuda] [--repeats 30] [--hidden 256] [--set KEY=VALUE ...]
 
 Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak; with
-``--set sac.policy_delay=N`` the actor and alpha step on every N-th update, as in the from-scratch presets). The headline
-is the ratio flow_x / gaussian at the same K, batch and threads; absolute numbers are only comparable within one
-run on one machine. Modes are ``sac.update_mode`` values (``eager``, ``compile``, ``cuda_graphs``; the last two guard
-against non-finite steps on the device) plus ``eager_noguard``: eager without the guard, whose host sync per
-optimizer step is the eager update's only one.
+``--set sac.policy_delay=N`` the actor and alpha step on every N-th update, as in the from-scratch presets). The
+headline is the ratio flow_x / gaussian at the same K, batch and threads; absolute numbers are only comparable
+within one run on one machine. Modes are ``sac.update_mode`` values (``eager``, ``compile``, ``cuda_graphs``; the
+last two guard against non-finite steps on the device) plus ``eager_noguard``: eager without the guard, whose host
+sync per optimizer step is the eager update's only one.
 """
 
 from __future__ import annotations

@@ -36,10 +36,15 @@ def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tupl
     return xs, ys
 
 
-def read_curve(path: Path, metric: str, **where: str) -> dict[int, float]:
-    """``{env_step: value}`` of ``metric`` in a fine-tuning CSV log (``train.csv`` or ``eval.csv``)."""
-    xs, ys = csv_series(read_csv_rows(path), "env_step", metric, **where)
+def curve_of(rows: list[dict[str, str]], metric: str, **where: str) -> dict[int, float]:
+    """``{env_step: value}`` of ``metric`` in the rows of a fine-tuning CSV log (``train.csv`` or ``eval.csv``)."""
+    xs, ys = csv_series(rows, "env_step", metric, **where)
     return dict(zip(map(int, xs), ys, strict=True))
+
+
+def eval_metric(rows: list[dict[str, str]]) -> str:
+    """What evaluations are judged by: the success rate where the env reports one, else the return."""
+    return "success_rate" if any(r.get("success_rate") for r in rows) else "return_mean"
 
 
 def seed_band(curves: list[dict[int, float]]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -74,11 +79,11 @@ def plot_table_curves(runs: list[tuple[str, Path]], out_dir: Path) -> list[Path]
     made = []
     for env, presets in sorted(by_env.items()):
         fig, (train_ax, eval_ax) = plt.subplots(1, 2, figsize=(12, 4))
-        key = "success_rate" if any(r.get("success_rate") for dirs in presets.values() for d in dirs
-                                    for r in read_csv_rows(d / "eval.csv")) else "return_mean"
+        evals = {d: read_csv_rows(d / "eval.csv") for dirs in presets.values() for d in dirs}
+        key = eval_metric([r for rows in evals.values() for r in rows])
         for preset, dirs in sorted(presets.items()):
-            plot_seeds(train_ax, preset, [read_curve(d / "train.csv", "episode_return") for d in dirs])
-            curves = [read_curve(d / "eval.csv", key, mode="deterministic") for d in dirs]
+            plot_seeds(train_ax, preset, [curve_of(read_csv_rows(d / "train.csv"), "episode_return") for d in dirs])
+            curves = [curve_of(evals[d], key, mode="deterministic") for d in dirs]
             if all(curves):
                 plot_seeds(eval_ax, preset, curves)
         train_ax.set(xlabel="online environment steps", ylabel="training episode return", title=env)
@@ -99,7 +104,7 @@ def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) ->
     made = []
     eval_rows = read_csv_rows(finetune_dir / "eval.csv")
     train_rows = read_csv_rows(finetune_dir / "train.csv")
-    key = "success_rate" if any(r.get("success_rate") for r in eval_rows) else "return_mean"
+    key = eval_metric(eval_rows)
     if eval_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         for mode in ("deterministic", "stochastic"):
