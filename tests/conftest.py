@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import CriticConfig, PolicyConfig, SACConfig
-from pipeline.sac import Batch, SACAgent
+from pipeline.sac import Batch, SACAgent, SACUpdater, make_optimizers
 
 OBS_DIM, ACT_DIM = 3, 2
 
@@ -46,6 +46,38 @@ def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch
     }
     cols.update(fields)
     return Batch(**cols)
+
+
+def crossq_updates(mode: str, updates: int, batch: int = 16,
+                   device: torch.device | str = "cpu") -> tuple[SACUpdater, list[dict[str, float]]]:
+    """``updates`` SAC updates, in update mode ``mode``, of a tiny Flow-G agent on the from-scratch presets'
+    backbone (CrossQ critic, actor every 2nd update, actor input BatchRenorm); the updater and each update's info."""
+    agent = tiny_agent({"kind": "flow_g", "input_norm": "batch_renorm"}, {"kind": "crossq"}, update_mode=mode,
+                       policy_delay=2).to(device)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    torch.manual_seed(5)
+    batches = [Batch(*(x.to(device) for x in random_batch(batch, seed=s))) for s in range(updates)]
+    infos = [{k: float(v) for k, v in updater.update(b).items()} for b in batches]
+    assert updater.skipped == 0
+    return updater, infos
+
+
+def assert_same_losses_and_statistics(expected: tuple[SACUpdater, list[dict[str, float]]],
+                                      actual: tuple[SACUpdater, list[dict[str, float]]], keys: tuple[str, ...],
+                                      rtol: float) -> None:
+    """Two :func:`crossq_updates` runs agree on the losses ``keys`` of every update and on every batch-renorm
+    running statistic. Parameters are not compared: the biases that feed a batch-renorm layer get no gradient in
+    exact arithmetic, so Adam turns each kernel's rounding into its own +-lr steps."""
+    (up_e, infos_e), (up_a, infos_a) = expected, actual
+    assert ["actor_loss" in info for info in infos_a] == ["actor_loss" in info for info in infos_e]
+    for e, a in zip(infos_e, infos_a, strict=True):
+        for k in keys:
+            if k in e:
+                assert a[k] == pytest.approx(e[k], rel=rtol, abs=rtol / 100), k
+    stats = up_a.agent.state_dict()
+    for k, v in up_e.agent.state_dict().items():
+        if "running" in k or "steps" in k:
+            torch.testing.assert_close(stats[k], v, atol=1e-4, rtol=rtol, msg=k)
 
 
 def tiny_d4rl(path: Path) -> Path:

@@ -20,7 +20,7 @@ from pipeline.data.d4rl_io import write_d4rl
 from pipeline.data.dataset import TransitionDataset
 from pipeline.sac import SACUpdater, make_optimizers
 
-from conftest import random_batch, tiny_agent
+from conftest import assert_same_losses_and_statistics, crossq_updates, random_batch, tiny_agent
 
 # SACFLOW_TEST_DEVICE=cpu runs these checks against the CPU itself (to test the tests where no GPU is present)
 CUDA = torch.device(os.environ.get("SACFLOW_TEST_DEVICE", "cuda"))
@@ -107,33 +107,14 @@ def test_cuda_graph_updates_track_eager(kind: str) -> None:
     assert rel < 0.05
 
 
-def _crossq_infos(mode: str, device: torch.device) -> tuple[SACUpdater, list[dict[str, float]]]:
-    """Six updates on the CrossQ backbone (actor every 2nd update, actor input BatchRenorm) in ``mode``."""
-    agent = tiny_agent({"kind": "flow_g", "input_norm": "batch_renorm"}, {"kind": "crossq"}, update_mode=mode,
-                       policy_delay=2).to(device)
-    updater = SACUpdater(agent, make_optimizers(agent))
-    torch.manual_seed(0)
-    infos = [{k: float(v) for k, v in updater.update(_to(random_batch(64, seed=s), device)).items()}
-             for s in range(6)]
-    return updater, infos
-
-
 @pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")
 def test_cuda_graph_crossq_updates_with_a_policy_delay_match_eager() -> None:
-    # As with the compiled update (tests/test_update_modes.py), the losses and the batch-renorm running statistics
-    # are compared, not the parameters: biases feeding a batch-renorm layer move by Adam-amplified rounding only.
-    (eager, eager_infos), (graphed, graphed_infos) = _crossq_infos("eager", CUDA), _crossq_infos("cuda_graphs", CUDA)
-    assert graphed.skipped == 0 and len(graphed._graphs) == 2  # the actor's graph replays on every 2nd update
-    assert ["actor_loss" in info for info in graphed_infos] == [False, True] * 3
-    for e, g in zip(eager_infos, graphed_infos, strict=True):
-        for k in ("critic_loss", "q_mean", "log_prob", "alpha"):
-            if k in e:
-                assert g[k] == pytest.approx(e[k], rel=1e-3, abs=1e-5), k
-    graphed_stats = graphed.agent.state_dict()
-    for k, v in eager.agent.state_dict().items():
-        if "running" in k or "steps" in k:
-            torch.testing.assert_close(graphed_stats[k], v, atol=1e-4, rtol=1e-3, msg=k)
-    assert int(graphed.agent.actor_input_norm.steps) == 3
+    # as with the compiled update (tests/test_update_modes.py): losses and batch-renorm running statistics
+    eager, graphed = crossq_updates("eager", 6, 64, CUDA), crossq_updates("cuda_graphs", 6, 64, CUDA)
+    assert len(graphed[0]._graphs) == 2  # the actor's graph replays on every 2nd update
+    assert ["actor_loss" in info for info in graphed[1]] == [False, True] * 3
+    assert_same_losses_and_statistics(eager, graphed, ("critic_loss", "q_mean", "log_prob", "alpha"), rtol=1e-3)
+    assert int(graphed[0].agent.actor_input_norm.steps) == 3
 
 
 @pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from conftest import random_batch, tiny_agent
-from pipeline.sac import NonFiniteError, SACAgent, SACUpdater, make_optimizers
+from conftest import assert_same_losses_and_statistics, crossq_updates, random_batch, tiny_agent
+from pipeline.sac import NonFiniteError, SACUpdater, make_optimizers
 
 
 @pytest.fixture
@@ -92,31 +92,18 @@ def test_compiled_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow  # compiles both steps: ~2 min on two CPU cores
 def test_compiled_crossq_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The from-scratch presets' backbone, with a policy delay and CrossQ's actor input layer. Parameters are not
-    # compared: the biases that feed a batch-renorm layer get no gradient in exact arithmetic, so Adam turns each
-    # kernel's rounding into its own +-lr steps. The losses, and the running statistics the layers keep, must agree.
+    # The from-scratch presets' backbone, with a policy delay and CrossQ's actor input layer: losses (actor_q reads
+    # the biases that feed batch-renorm layers, see assert_same_losses_and_statistics) and running statistics agree
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-
-    def run(mode: str) -> tuple[SACAgent, list[dict[str, float]]]:
-        torch.compiler.reset()
-        agent = tiny_agent({"kind": "flow_g", "input_norm": "batch_renorm"}, {"kind": "crossq"}, update_mode=mode,
-                           policy_delay=2)
-        updater = SACUpdater(agent, make_optimizers(agent))
-        torch.manual_seed(5)
-        infos = [{k: float(v) for k, v in updater.update(random_batch(16, seed=seed)).items()} for seed in range(4)]
-        return agent, infos
-
-    (eager, eager_infos), (compiled, compiled_infos) = run("eager"), run("compile")
-    assert ["actor_loss" in info for info in eager_infos] == [False, True, False, True]
-    for e, c in zip(eager_infos, compiled_infos, strict=True):
-        for k in ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"):  # actor_q reads those biases
-            if k in e:
-                assert c[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), k
-    stats = {k: v for k, v in compiled.state_dict().items() if "running" in k or "steps" in k}
-    for k, v in eager.state_dict().items():
-        if k in stats:
-            torch.testing.assert_close(stats[k], v, atol=1e-4, rtol=1e-4, msg=k)
-    assert int(compiled.critic.net[0].steps) == 4 and int(compiled.actor_input_norm.steps) == 2
+    torch.compiler.reset()
+    eager = crossq_updates("eager", 4)
+    torch.compiler.reset()
+    compiled = crossq_updates("compile", 4)
+    assert ["actor_loss" in info for info in eager[1]] == [False, True, False, True]
+    assert_same_losses_and_statistics(eager, compiled, ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"),
+                                      rtol=1e-4)
+    agent = compiled[0].agent
+    assert int(agent.critic.net[0].steps) == 4 and int(agent.actor_input_norm.steps) == 2
 
 
 def test_cuda_graphs_need_a_cuda_agent() -> None:
