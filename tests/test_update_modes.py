@@ -70,10 +70,19 @@ def test_device_guard_counters_survive_a_checkpoint() -> None:
     assert fresh.skipped == 1 and fresh.nonfinite_streak["critic"] == 1 and fresh.updates == 1
 
 
+@pytest.fixture
+def inductor_eager_random() -> Iterator[None]:
+    """Inductor draws random numbers with its own generator unless told to fall back to eager's. Through
+    ``config.patch``: monkeypatch's undo left inductor's config module without the key for the next test."""
+    import torch._inductor.config
+
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+
+
 @pytest.mark.slow  # inductor compiles forward, backward and Adam of both steps: 1-2 min on two CPU cores
-def test_compiled_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    # inductor draws random numbers with its own generator unless told to fall back to eager's
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+@pytest.mark.usefixtures("inductor_eager_random")
+def test_compiled_updates_match_eager() -> None:
 
     def run(mode: str) -> dict[str, torch.Tensor]:
         torch.compiler.reset()
@@ -91,10 +100,10 @@ def test_compiled_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow  # compiles both steps: ~2 min on two CPU cores
-def test_compiled_crossq_updates_match_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("inductor_eager_random")
+def test_compiled_crossq_updates_match_eager() -> None:
     # The from-scratch presets' backbone, with a policy delay and CrossQ's actor input layer: losses (actor_q reads
     # the biases that feed batch-renorm layers, see assert_same_losses_and_statistics) and running statistics agree
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     torch.compiler.reset()
     eager = crossq_updates("eager", 4)
     torch.compiler.reset()
