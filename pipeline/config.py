@@ -64,9 +64,10 @@ class PolicyConfig:
     n_heads: int = 4  # flow_t attention heads
     norm: Literal["post", "pre"] = "post"  # flow_t LayerNorm placement
     bc_target: Literal["pretanh", "raw"] = "pretanh"  # flow-matching target space for dataset actions
-    # none | batch_renorm: the actor sees its observations through a BatchRenorm layer, as CrossQ's actors (and the
-    # public from-scratch flow code's) do: batch statistics in the actor loss, running ones everywhere else
-    input_norm: Literal["none", "batch_renorm"] = "none"
+    # BatchRenorm layers in the actor, batch statistics in the actor loss and running ones everywhere else. none;
+    # input: on the observations; crossq: where the public CrossQ actors have them (Gaussian: input and every
+    # hidden layer; Flow-MLP / Flow-G: [s, a_i] at every step; Flow-T: s, a_i and in place of its LayerNorms)
+    batch_renorm: Literal["none", "input", "crossq"] = "none"
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`pipeline.policies.make_policy`: the options this kind accepts."""

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.batch_renorm import BatchRenorm
 
 
 class VectorizedLinear(nn.Module):
@@ -72,77 +72,6 @@ def ensemble_forward(net: nn.Module, n: int, obs: torch.Tensor, act: torch.Tenso
     """Every member of ``net`` on the same ``[s, a]``: ``obs [B, S], act [B, A] -> q [n, B]``."""
     x = torch.cat([obs, act], dim=-1)
     return net(x.unsqueeze(0).expand(n, *x.shape)).squeeze(-1)
-
-
-class BatchRenorm(nn.Module):
-    """Batch Renormalization (Ioffe, 2017) per ensemble member over ``x [n, B, h]``.
-
-    During the first ``warmup`` training calls it is plain batch norm (r = 1, d = 0), as in CrossQ; afterwards the
-    batch statistics are corrected towards the running ones with ``r`` clipped to [1/r_max, r_max] and ``d`` to
-    [-d_max, d_max]. In eval mode the running statistics are used.
-    """
-
-    def __init__(self, n: int, features: int, momentum: float = 0.01, eps: float = 1e-3, r_max: float = 3.0,
-                 d_max: float = 5.0, warmup: int = 100_000) -> None:
-        super().__init__()
-        self.momentum, self.eps, self.r_max, self.d_max, self.warmup = momentum, eps, r_max, d_max, warmup
-        self.weight = nn.Parameter(torch.ones(n, 1, features))
-        self.bias = nn.Parameter(torch.zeros(n, 1, features))
-        self.register_buffer("running_mean", torch.zeros(n, 1, features))
-        self.register_buffer("running_var", torch.ones(n, 1, features))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # y = (x - mean) / std * r + d, then * weight + bias, folded into one per-feature scale and shift so the
-        # [n, B, h] activations see one fused multiply-add instead of four elementwise passes (forward and backward)
-        if not self.training:
-            scale = self.weight / (self.running_var + self.eps).sqrt()
-            return torch.addcmul(self.bias - self.running_mean * scale, x, scale)
-        mean = x.mean(dim=1, keepdim=True)
-        centered = x - mean
-        # two passes, not Tensor.var: on the CPU its kernel for this middle-dim reduction is ~9x slower
-        # (2 ms vs 0.2 ms for [2, 512, 256]), ~8 % of a CrossQ update (bench/README.md)
-        var = centered.square().mean(dim=1, keepdim=True)
-        std = (var + self.eps).sqrt()
-        running_std = (self.running_var + self.eps).sqrt()
-        # warm-up gate as a tensor, so the forward pass has no host sync
-        renorm = (self.steps >= self.warmup).to(x.dtype)
-        r = (std.detach() / running_std).clamp(1 / self.r_max, self.r_max)
-        d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.d_max, self.d_max)
-        r = renorm * r + (1 - renorm)
-        d = renorm * d
-        with torch.no_grad():
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var, self.momentum)
-            self.steps += 1
-        return torch.addcmul(self.bias + self.weight * d, centered, self.weight * r / std)
-
-
-class InputBatchRenorm(BatchRenorm):
-    """BatchRenorm of ``x [B, F]`` that uses running statistics unless the caller asks for the batch's.
-
-    It ignores ``train()``/``eval()`` of the modules above it: acting (one observation at a time) and critic
-    targets must read running statistics even while the agent trains, and only the actor loss moves them
-    (inside :meth:`batch_statistics`), as the actor of CrossQ does.
-    """
-
-    def __init__(self, features: int, warmup: int = 100_000) -> None:
-        super().__init__(1, features, warmup=warmup)
-        self.training = False
-
-    def train(self, mode: bool = True) -> InputBatchRenorm:
-        return self
-
-    @contextmanager
-    def batch_statistics(self) -> Iterator[None]:
-        self.training = True
-        try:
-            yield
-        finally:
-            self.training = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.unsqueeze(0)).squeeze(0)
 
 
 class CrossQCritic(nn.Module):

@@ -34,13 +34,12 @@ def rollout_gradient_profile(agent: SACAgent, obs: Tensor, generator: torch.Gene
     if not isinstance(policy, FlowPolicy):
         raise ValueError(f"the rollout gradient profile needs a flow policy, got {type(policy).__name__}")
     obs = agent.normalize(obs)
-    actor_obs = agent.actor_obs(obs)
     eps = torch.randn((policy.steps + 1, obs.shape[0], policy.act_dim), dtype=obs.dtype, device=obs.device,
                       generator=generator).requires_grad_(True)
     was_training = agent.critic.training
     agent.critic.eval()  # a CrossQ critic must not move its running statistics
     try:
-        r = policy.rollout(actor_obs, noise_std=agent.actor_noise_std, eps=eps)
+        r = policy.rollout(obs, noise_std=agent.actor_noise_std, eps=eps)
         q = agent.q_agg(agent.critic(obs, r.action))
         (g,) = torch.autograd.grad(q.sum(), eps)
     finally:

@@ -22,8 +22,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pipeline.batch_renorm import batch_statistics
 from pipeline.config import CriticConfig, PolicyConfig, SACConfig
-from pipeline.critics import CrossQCritic, InputBatchRenorm, make_critic
+from pipeline.critics import CrossQCritic, make_critic
 from pipeline.policies import make_policy
 
 
@@ -63,7 +64,6 @@ class SACAgent(nn.Module):
         self.target_entropy = -float(act_dim) if sac.target_entropy is None else sac.target_entropy
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_std", torch.ones(obs_dim))
-        self.actor_input_norm = InputBatchRenorm(obs_dim) if policy.input_norm == "batch_renorm" else None
         # sigma overrides for fixed-noise flows (None: the policy's own noise_std); Gaussian policies ignore them
         self.actor_noise_std = sac.actor_noise_std
         self.act_noise_std = sac.act_noise_std
@@ -79,20 +79,10 @@ class SACAgent(nn.Module):
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
 
-    def actor_obs(self, obs: torch.Tensor) -> torch.Tensor:
-        """What the actor reads of normalized observations ``[B, S]``: through its BatchRenorm layer where
-        ``policy.input_norm`` asks for one (running statistics, except in :func:`actor_loss`)."""
-        return obs if self.actor_input_norm is None else self.actor_input_norm(obs)
-
-    def actor_parameters(self) -> list[nn.Parameter]:
-        """The parameters the actor loss trains: the policy's and its input layer's."""
-        norm = [] if self.actor_input_norm is None else list(self.actor_input_norm.parameters())
-        return [*self.actor.parameters(), *norm]
-
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Actions ``[B, A]`` in [-1, 1] for raw observations ``[B, S]``; deterministic sets every epsilon to 0."""
-        obs = self.actor_obs(self.normalize(obs))
+        obs = self.normalize(obs)
         if deterministic:
             return self.actor.act(obs, deterministic=True)
         return self.actor.sample(obs, noise_std=self.act_noise_std)[0]
@@ -106,7 +96,7 @@ def critic_loss(agent: SACAgent, batch: Batch) -> tuple[torch.Tensor, dict[str, 
     obs, next_obs = agent.normalize(batch.obs), agent.normalize(batch.next_obs)
     alpha = agent.alpha.detach()
     with torch.no_grad():
-        next_actions, next_log_prob = agent.actor.sample(agent.actor_obs(next_obs), noise_std=agent.act_noise_std)
+        next_actions, next_log_prob = agent.actor.sample(next_obs, noise_std=agent.act_noise_std)
     if agent.crossq:
         # CrossQ: current and next pairs share one batch-renormalized pass; the next half is a fixed target
         q, q_next = agent.critic.joint(obs, batch.actions, next_obs, next_actions)
@@ -130,19 +120,21 @@ def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: 
     Online SAC uses ``q_weight=1``; offline pretraining adds the flow-matching BC loss (``flow_weight``); pure BC
     is ``q_weight=bc_weight=0``, which skips the rollout entirely.
     """
+    with batch_statistics(agent.actor):  # CrossQ's actor: its BatchRenorm layers read batch statistics here only
+        return _actor_loss(agent, batch, bc_weight, q_weight, flow_weight)
+
+
+def _actor_loss(agent: SACAgent, batch: Batch, bc_weight: float, q_weight: float,
+                flow_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     obs = agent.normalize(batch.obs)
-    actor_obs = obs
-    if agent.actor_input_norm is not None:
-        with agent.actor_input_norm.batch_statistics():  # CrossQ's actor: batch statistics here only
-            actor_obs = agent.actor_obs(obs)
     loss = torch.zeros((), device=obs.device)
     info: dict[str, torch.Tensor] = {}
     if flow_weight > 0:
-        flow = agent.actor.bc_loss(actor_obs, batch.actions)
+        flow = agent.actor.bc_loss(obs, batch.actions)
         loss = loss + flow_weight * flow
         info["flow_loss"] = flow.detach()
     if q_weight > 0 or bc_weight > 0:
-        actions, log_prob = agent.actor.sample(actor_obs, noise_std=agent.actor_noise_std)
+        actions, log_prob = agent.actor.sample(obs, noise_std=agent.actor_noise_std)
         info.update(log_prob=log_prob.detach().mean(), entropy=-log_prob.detach().mean())
         if q_weight > 0:
             if agent.crossq:
@@ -180,7 +172,7 @@ def make_optimizers(agent: SACAgent) -> Optimizers:
     if next(agent.parameters()).device.type == "cuda":
         kw |= {"fused": True, "capturable": cfg.update_mode == "cuda_graphs"}
     return Optimizers(
-        actor=torch.optim.Adam(agent.actor_parameters(), lr=cfg.actor_lr, **kw),
+        actor=torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, **kw),
         critic=torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, **kw),
         alpha=torch.optim.Adam([agent.log_alpha], lr=cfg.alpha_lr, **kw) if cfg.learn_alpha else None,
     )
@@ -244,7 +236,7 @@ class SACUpdater:
         # per optimizer: one's success must not hide the other's failures
         self._streak = {w: torch.zeros((), dtype=torch.long, device=self._skipped.device) for w in ("critic", "actor")}
         self.last_finite_grad_norm = torch.zeros((), device=self._skipped.device)
-        self.actor_params = agent.actor_parameters()
+        self.actor_params = list(agent.actor.parameters())
         self.critic_params = list(agent.critic.parameters())
         self.target_params = list(agent.critic_target.parameters()) if agent.critic_target is not None else []
         self._critic_fn: Callable[..., dict[str, torch.Tensor]] = self._critic_step

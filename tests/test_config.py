@@ -178,4 +178,4 @@ def test_policy_kwargs_follow_the_kind() -> None:
     kwargs = cfg.policy.policy_kwargs()
     assert "noise_std" not in kwargs and kwargs["noise"] == "learned" and "d_model" not in kwargs
     gauss = load_config(overrides=["policy.kind=gaussian"]).policy.policy_kwargs()
-    assert set(gauss) == {"hidden", "layers"}
+    assert set(gauss) == {"hidden", "layers", "batch_renorm"}

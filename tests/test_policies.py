@@ -395,6 +395,8 @@ def test_unknown_kind_names_allowed_values() -> None:
         ("flow_t", {"d_model": 30, "n_heads": 4}, "d_model"),
         ("flow_t", {"n_heads": 0}, "n_heads"),
         ("gaussian", {"log_std_min": 3.0}, "log_std_min"),
+        ("flow_g", {"batch_renorm": "batch_renorm"}, "batch_renorm"),
+        ("gaussian", {"batch_renorm": True}, "batch_renorm"),
     ],
 )
 def test_bad_config_raises_naming_the_key(kind: str, cfg: dict, key: str) -> None:

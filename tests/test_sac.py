@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.batch_renorm import ActorBatchRenorm
 from pipeline.buffers import ReplayBuffer
 from pipeline.config import SACConfig
 from pipeline.critics import QEnsemble
@@ -344,23 +345,38 @@ def test_agent_normalizes_observations_when_acting() -> None:
     assert isinstance(agent, SACAgent)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "flow_t"])
-def test_actor_input_batch_renorm_moves_only_in_the_actor_loss(kind: str) -> None:
+# ActorBatchRenorm layers per (kind, policy.batch_renorm) in tiny_agent's nets (one hidden layer, one decoder
+# layer), and how often each moves its statistics in one actor loss of a K = 4 rollout: once, or once per step
+ACTOR_NORM_STEPS = {
+    ("gaussian", "input"): [1], ("gaussian", "crossq"): [1, 1, 1],  # observation, hidden layer, trunk output
+    ("flow_mlp", "input"): [1], ("flow_mlp", "crossq"): [4],  # [s, a_i], shared by the steps
+    ("flow_g", "input"): [1], ("flow_g", "crossq"): [4],
+    # observation, a_i, then the decoder layer's three in place of its LayerNorms
+    ("flow_t", "input"): [1], ("flow_t", "crossq"): [1, 4, 4, 4, 4],
+}
+
+
+@pytest.mark.parametrize(("kind", "mode"), list(ACTOR_NORM_STEPS))
+def test_actor_batch_renorm_moves_only_in_the_actor_loss(kind: str, mode: str) -> None:
     # CrossQ's actor: batch statistics (and a running-statistics step) in the actor loss, running ones for acting
     # and for critic targets, whatever mode the agent is in
-    agent = tiny_agent({"kind": kind, "input_norm": "batch_renorm"}, {"kind": "crossq"}, policy_delay=2)
-    norm = agent.actor_input_norm
-    assert norm is not None and not agent.eval().train().actor_input_norm.training
+    agent = tiny_agent({"kind": kind, "batch_renorm": mode}, {"kind": "crossq"}, policy_delay=2)
+    norms = [m for m in agent.eval().train().actor.modules() if isinstance(m, ActorBatchRenorm)]
+    assert len(norms) == len(ACTOR_NORM_STEPS[kind, mode]) and not any(n.training for n in norms)
+    if mode == "crossq" and kind == "flow_t":
+        assert not any(isinstance(m, nn.LayerNorm) for m in agent.actor.modules())
     updater = SACUpdater(agent, make_optimizers(agent))
     batch = random_batch(16, obs=torch.randn(16, OBS_DIM) * 5 + 3)
     updater.update(batch)  # critic only (policy delay 2): the critic target samples next actions
-    assert int(norm.steps) == 0 and torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+    assert all(int(n.steps) == 0 and not n.running_mean.any() for n in norms)
     agent.act(batch.obs[:1], deterministic=False)  # one observation: running statistics, or it would be NaN
-    weight = norm.weight.detach().clone()
+    weights = [n.weight.detach().clone() for n in norms]
     info = updater.update(batch)
-    assert "actor_loss" in info and int(norm.steps) == 1
-    torch.testing.assert_close(norm.running_mean.flatten(), 0.01 * batch.obs.mean(0))
-    assert not torch.equal(norm.weight, weight)  # the actor's optimizer trains the layer's affine parameters
-    fresh = tiny_agent({"kind": kind, "input_norm": "batch_renorm"}, {"kind": "crossq"}, seed=3)
-    fresh.load_state_dict(agent.state_dict())  # the layer's statistics travel with checkpoints
+    assert "actor_loss" in info and [int(n.steps) for n in norms] == ACTOR_NORM_STEPS[kind, mode]
+    if mode == "input":
+        torch.testing.assert_close(norms[0].running_mean.flatten(), 0.01 * batch.obs.mean(0))
+    # the actor's optimizer trains every layer's affine parameters
+    assert all(not torch.equal(n.weight, w) for n, w in zip(norms, weights, strict=True))
+    fresh = tiny_agent({"kind": kind, "batch_renorm": mode}, {"kind": "crossq"}, seed=3)
+    fresh.load_state_dict(agent.state_dict())  # the layers' statistics travel with checkpoints
     torch.testing.assert_close(fresh.act(batch.obs, deterministic=True), agent.act(batch.obs, deterministic=True))

@@ -102,7 +102,7 @@ def test_compiled_updates_match_eager() -> None:
 @pytest.mark.slow  # compiles both steps: ~2 min on two CPU cores
 @pytest.mark.usefixtures("inductor_eager_random")
 def test_compiled_crossq_updates_match_eager() -> None:
-    # The from-scratch presets' backbone, with a policy delay and CrossQ's actor input layer: losses (actor_q reads
+    # The from-scratch presets' backbone, with a policy delay and CrossQ's actor layers: losses (actor_q reads
     # the biases that feed batch-renorm layers, see assert_same_losses_and_statistics) and running statistics agree
     torch.compiler.reset()
     eager = crossq_updates("eager", 4)
@@ -112,7 +112,7 @@ def test_compiled_crossq_updates_match_eager() -> None:
     assert_same_losses_and_statistics(eager, compiled, ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"),
                                       rtol=1e-4)
     agent = compiled[0].agent
-    assert int(agent.critic.net[0].steps) == 4 and int(agent.actor_input_norm.steps) == 2
+    assert int(agent.critic.net[0].steps) == 4 and int(agent.actor.velocity.obs_norm.steps) == 2
 
 
 def test_cuda_graphs_need_a_cuda_agent() -> None:

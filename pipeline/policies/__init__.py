@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from pipeline.batch_renorm import BATCH_RENORM_MODES
 from pipeline.policies.flow import BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, FlowPolicy, FlowRollout
 from pipeline.policies.gaussian import GaussianPolicy
 from pipeline.policies.velocity import FlowGVelocity, FlowMLPVelocity, FlowTVelocity, SingleTokenAttention
@@ -81,12 +82,14 @@ _MLP_NET: dict[str, tuple[Validator, Any]] = {
     "hidden": (_int_range(1, 65536), 256),
     "layers": (_int_range(1, 64), 2),
 }
+_BATCH_RENORM: dict[str, tuple[Validator, Any]] = {"batch_renorm": (_choice(BATCH_RENORM_MODES), "none")}
 _OPTIONS: dict[str, dict[str, tuple[Validator, Any]]] = {
-    "gaussian": {**_MLP_NET, "log_std_min": (_float, -5.0), "log_std_max": (_float, 2.0)},
-    "flow_mlp": {**_FLOW_COMMON, **_MLP_NET},
-    "flow_g": {**_FLOW_COMMON, **_MLP_NET},
+    "gaussian": {**_MLP_NET, **_BATCH_RENORM, "log_std_min": (_float, -5.0), "log_std_max": (_float, 2.0)},
+    "flow_mlp": {**_FLOW_COMMON, **_MLP_NET, **_BATCH_RENORM},
+    "flow_g": {**_FLOW_COMMON, **_MLP_NET, **_BATCH_RENORM},
     "flow_t": {
         **_FLOW_COMMON,
+        **_BATCH_RENORM,
         "d_model": (_int_range(1, 65536), 64),
         "n_layers": (_int_range(1, 64), 2),
         "n_heads": (_int_range(1, 1024), 4),
@@ -113,7 +116,10 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
     - ``flow_mlp``, ``flow_g`` and ``gaussian``: ``hidden`` (width), ``layers`` (hidden layers);
     - ``flow_t``: ``d_model``, ``n_layers``, ``n_heads`` (must divide ``d_model``), ``norm``
       (``post`` | ``pre``);
-    - ``gaussian``: ``log_std_min``, ``log_std_max``.
+    - ``gaussian``: ``log_std_min``, ``log_std_max``;
+    - every kind: ``batch_renorm`` (``none`` | ``input``: BatchRenorm on the observation | ``crossq``: where the
+      public CrossQ actors have it; see each policy's docstring), statistics moved only inside
+      :func:`pipeline.batch_renorm.batch_statistics`.
 
     An unknown kind or option, or a value out of range, raises ValueError naming it.
     """
@@ -136,13 +142,16 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         return GaussianPolicy(obs_dim, act_dim, **opts)
 
     learned = opts["noise"] == "learned"
+    crossq = opts["batch_renorm"] == "crossq"
     if learned and "noise_std" in cfg:
         raise ValueError("policy option 'noise_std' is only valid with noise='fixed' (noise='learned' was given)")
     velocity: nn.Module
     if kind == "flow_mlp":
-        velocity = FlowMLPVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned)
+        velocity = FlowMLPVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
+                                   batch_renorm=crossq)
     elif kind == "flow_g":
-        velocity = FlowGVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned)
+        velocity = FlowGVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
+                                 batch_renorm=crossq)
     else:
         if opts["d_model"] % opts["n_heads"] != 0:
             raise ValueError(
@@ -156,6 +165,7 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
             n_heads=opts["n_heads"],
             norm=opts["norm"],
             learned_noise=learned,
+            batch_renorm=crossq,
         )
     return FlowPolicy(
         velocity,
@@ -164,4 +174,5 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         noise_std=opts["noise_std"],
         log_prob=opts["log_prob"],
         bc_target=opts["bc_target"],
+        obs_norm=opts["batch_renorm"] == "input",
     )

@@ -14,6 +14,8 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
+from pipeline.batch_renorm import ActorBatchRenorm
+
 NOISE_MODES = ("fixed", "learned")
 LOG_PROB_MODES = ("exact", "paper_code")
 BC_TARGETS = ("pretanh", "raw")
@@ -111,6 +113,9 @@ class FlowPolicy(nn.Module):
 
     Deterministic rollouts set every ε to zero, ``a_0`` included (the public O2O code still draws
     a random ``a_0`` in its deterministic mode), so :meth:`act` is a function of the state.
+
+    ``obs_norm=True`` reads the observation through an :class:`ActorBatchRenorm` layer before the
+    velocity net sees it (``policy.batch_renorm: input``).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class FlowPolicy(nn.Module):
         noise_std: float = 0.1,
         log_prob: str = "exact",
         bc_target: str = "pretanh",
+        obs_norm: bool = False,
     ) -> None:
         super().__init__()
         if noise not in NOISE_MODES:
@@ -136,6 +142,7 @@ class FlowPolicy(nn.Module):
         if getattr(velocity, "learned_noise", None) != (noise == "learned"):
             raise ValueError(f"noise={noise!r} needs a velocity net built with learned_noise={noise == 'learned'}")
         self.velocity = velocity
+        self.obs_norm = ActorBatchRenorm(velocity.obs_dim) if obs_norm else nn.Identity()
         self.obs_dim: int = velocity.obs_dim
         self.act_dim: int = velocity.act_dim
         self.steps = steps
@@ -193,7 +200,7 @@ class FlowPolicy(nn.Module):
         else:
             eps = torch.randn(shape, dtype=obs.dtype, device=obs.device, generator=generator)
 
-        context = self.velocity.encode(obs)  # once per rollout, reused at every step
+        context = self.velocity.encode(self.obs_norm(obs))  # once per rollout, reused at every step
         a = eps[0]
         path, means, stds, sigmas = [a], [], [], []
         log_prob = _std_normal_log_prob(a).sum(dim=-1)
@@ -270,5 +277,5 @@ class FlowPolicy(nn.Module):
         x1 = self.bc_target_of(actions)
         a0 = torch.randn(x1.shape, dtype=x1.dtype, device=x1.device, generator=generator)
         t = torch.rand((x1.shape[0], 1), dtype=x1.dtype, device=x1.device, generator=generator)
-        v, _ = self.velocity(self.velocity.encode(obs), (1.0 - t) * a0 + t * x1, t)
+        v, _ = self.velocity(self.velocity.encode(self.obs_norm(obs)), (1.0 - t) * a0 + t * x1, t)
         return (v - (x1 - a0)).square().mean()

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pipeline.batch_renorm import BATCH_RENORM_MODES, ActorBatchRenorm
 from pipeline.policies.flow import atanh_target, tanh_log_det_jacobian
 from pipeline.policies.velocity import mlp
 
@@ -20,6 +21,9 @@ class GaussianPolicy(nn.Module):
     head; the log std is squashed into ``[log_std_min, log_std_max]`` with ``tanh`` (a clamp that
     keeps its gradient). It shares the flow policies' interface; ``noise_std`` is accepted for
     uniformity and ignored, because the Gaussian's noise scale is the learned σ(s).
+
+    ``batch_renorm``: ``input`` reads the observation through an :class:`ActorBatchRenorm` layer; ``crossq`` also
+    puts one after every hidden layer, as CrossQ's actor does.
     """
 
     def __init__(
@@ -30,13 +34,19 @@ class GaussianPolicy(nn.Module):
         layers: int = 2,
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
+        batch_renorm: str = "none",
     ) -> None:
         super().__init__()
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min ({log_std_min}) must be < log_std_max ({log_std_max})")
+        if batch_renorm not in BATCH_RENORM_MODES:
+            raise ValueError(f"batch_renorm must be one of {BATCH_RENORM_MODES}, got {batch_renorm!r}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
-        self.trunk = mlp(obs_dim, hidden, layers - 1, hidden, nn.ReLU)
+        crossq = batch_renorm == "crossq"
+        self.obs_norm = ActorBatchRenorm(obs_dim) if batch_renorm != "none" else nn.Identity()
+        self.trunk = mlp(obs_dim, hidden, layers - 1, hidden, nn.ReLU, norm=ActorBatchRenorm if crossq else None)
+        self.trunk_norm = ActorBatchRenorm(hidden) if crossq else nn.Identity()
         self.mean_head = nn.Linear(hidden, act_dim)
         self.log_std_head = nn.Linear(hidden, act_dim)
 
@@ -47,7 +57,7 @@ class GaussianPolicy(nn.Module):
     def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [B,S] -> (mean [B,A], log_std [B,A])`` of the pre-tanh Gaussian."""
         self._check_obs(obs)
-        h = torch.relu(self.trunk(obs))
+        h = self.trunk_norm(torch.relu(self.trunk(self.obs_norm(obs))))
         raw = torch.tanh(self.log_std_head(h))
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (raw + 1.0)
         return self.mean_head(h), log_std

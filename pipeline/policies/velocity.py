@@ -15,8 +15,12 @@ The nets contain no data-dependent Python control flow, so a rollout built on th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+
+from pipeline.batch_renorm import ActorBatchRenorm
 
 # Range of the learned log noise scale; the public from-scratch code uses the same bounds.
 LOG_SIGMA_MIN = -5.0
@@ -32,31 +36,43 @@ def squash_log_sigma(raw: Tensor) -> Tensor:
     return LOG_SIGMA_MIN + 0.5 * (LOG_SIGMA_MAX - LOG_SIGMA_MIN) * (torch.tanh(raw) + 1.0)
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: type[nn.Module]) -> nn.Sequential:
-    """``layers`` hidden layers of width ``hidden`` with ``activation``, then a linear output layer.
-
-    Maps ``[..., in_dim] -> [..., out_dim]``.
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: type[nn.Module],
+        norm: Callable[[int], nn.Module] | None = None) -> nn.Sequential:
+    """``layers`` hidden layers of width ``hidden`` with ``activation`` (each followed by ``norm(hidden)`` when
+    given), then a linear output layer. Maps ``[..., in_dim] -> [..., out_dim]``.
     """
     modules: list[nn.Module] = []
     width = in_dim
     for _ in range(layers):
         modules += [nn.Linear(width, hidden), activation()]
+        if norm is not None:
+            modules.append(norm(hidden))
         width = hidden
     modules.append(nn.Linear(width, out_dim))
     return nn.Sequential(*modules)
 
 
+def state_action_norm(obs_dim: int, act_dim: int, batch_renorm: bool) -> nn.Module:
+    """The public CrossQ flow actors' BatchRenorm of ``[s, a_i]`` at every step (one layer shared by the steps), or
+    the identity. The time input stays out: it is one value per batch at each step, so batch statistics would
+    normalize it to zero in the actor loss."""
+    return ActorBatchRenorm(obs_dim + act_dim) if batch_renorm else nn.Identity()
+
+
 class FlowMLPVelocity(nn.Module):
     """Flow-MLP: ``v = MLP([s, a_i, t_i])`` — the unstable baseline of the paper.
 
-    A shared ReLU trunk feeds a velocity head and, with ``learned_noise``, a ``log σ`` head.
+    A shared ReLU trunk feeds a velocity head and, with ``learned_noise``, a ``log σ`` head. ``batch_renorm``: see
+    :func:`state_action_norm`.
     """
 
     def __init__(
-        self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False
+        self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False,
+        batch_renorm: bool = False,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
+        self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm)
         self.trunk = mlp(obs_dim + act_dim + 1, hidden, layers - 1, hidden, nn.ReLU)
         self.v_head = nn.Linear(hidden, act_dim)
         self.log_sigma_head = nn.Linear(hidden, act_dim) if learned_noise else None
@@ -67,7 +83,7 @@ class FlowMLPVelocity(nn.Module):
 
     def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        h = torch.relu(self.trunk(torch.cat([context, a, t], dim=-1)))
+        h = torch.relu(self.trunk(torch.cat([self.in_norm(torch.cat([context, a], dim=-1)), t], dim=-1)))
         v = self.v_head(h)
         if self.log_sigma_head is None:
             return v, None
@@ -81,16 +97,19 @@ class FlowGVelocity(nn.Module):
     whenever ``Δt·z ≤ 1``, which keeps the Jacobian ``∂a_{i+1}/∂a_i`` bounded. G's last layer starts
     with zero weights and bias 5 (as in the public code), so the gate is ≈ 0.993 for every input at
     initialisation and the flow starts as a plain ``v = h̃ − a`` relaxation.
-    With ``learned_noise`` a third SiLU MLP of the same input gives ``log σ``.
+    With ``learned_noise`` a third SiLU MLP of the same input gives ``log σ``. ``batch_renorm``: see
+    :func:`state_action_norm`.
     """
 
     GATE_INIT_BIAS = 5.0
 
     def __init__(
-        self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False
+        self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False,
+        batch_renorm: bool = False,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
+        self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm)
         in_dim = obs_dim + act_dim + 1
         self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
         self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
@@ -106,11 +125,14 @@ class FlowGVelocity(nn.Module):
 
     def gate_value(self, context: Tensor, a: Tensor, t: Tensor) -> Tensor:
         """The gate ``z = σ(G([s, a, t])) [B,A]`` (exposed for diagnostics and tests)."""
-        return torch.sigmoid(self.gate(torch.cat([context, a, t], dim=-1)))
+        return torch.sigmoid(self.gate(self._input(context, a, t)))
+
+    def _input(self, context: Tensor, a: Tensor, t: Tensor) -> Tensor:
+        return torch.cat([self.in_norm(torch.cat([context, a], dim=-1)), t], dim=-1)
 
     def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        x = torch.cat([context, a, t], dim=-1)
+        x = self._input(context, a, t)
         v = torch.sigmoid(self.gate(x)) * (self.candidate(x) - a)
         if self.log_sigma_net is None:
             return v, None
@@ -147,10 +169,11 @@ class DecoderLayer(nn.Module):
 
     Self-attention, cross-attention to the state context, GELU feed-forward (width ``4·d_model``),
     each with a residual connection and a LayerNorm placed after (``post``, the public code) or
-    before (``pre``) the sub-layer.
+    before (``pre``) the sub-layer; ``batch_renorm`` puts an :class:`ActorBatchRenorm` in each LayerNorm's place
+    (the public CrossQ Flow-T actor).
     """
 
-    def __init__(self, d_model: int, n_heads: int, norm: str) -> None:
+    def __init__(self, d_model: int, n_heads: int, norm: str, batch_renorm: bool = False) -> None:
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
@@ -158,11 +181,12 @@ class DecoderLayer(nn.Module):
         self.self_attn = SingleTokenAttention(d_model, n_heads)
         self.cross_attn = SingleTokenAttention(d_model, n_heads)
         self.ff = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
-        self.norm_self = nn.LayerNorm(d_model)
+        layer_norm = ActorBatchRenorm if batch_renorm else nn.LayerNorm
+        self.norm_self = layer_norm(d_model)
         # Pre-norm would normalise only the query of cross-attention, which the single-key
         # attention ignores, so that LayerNorm exists only in the post-norm layout.
-        self.norm_cross = None if self.pre_norm else nn.LayerNorm(d_model)
-        self.norm_ff = nn.LayerNorm(d_model)
+        self.norm_cross = None if self.pre_norm else layer_norm(d_model)
+        self.norm_ff = layer_norm(d_model)
 
     def cross(self, context: Tensor) -> Tensor:
         """Cross-attention output ``[B,d]`` for the state token ``context [B,d]``.
@@ -193,6 +217,11 @@ class FlowTVelocity(nn.Module):
     heads give ``v`` and, with ``learned_noise``, ``log σ``. The token sees only its own action and
     the state, so the rollout stays Markov. With ``norm="pre"`` a final LayerNorm precedes the
     heads (the usual pre-norm arrangement).
+
+    ``batch_renorm`` follows the public CrossQ Flow-T actor: BatchRenorm on the observation before the
+    state encoder, on ``a_i`` before the action embedding, and in place of every LayerNorm. The public code
+    has a separate action layer per step; here one layer serves every step (and the flow-matching loss's
+    continuous ``t``), as its decoder layers do.
     """
 
     def __init__(
@@ -204,29 +233,33 @@ class FlowTVelocity(nn.Module):
         n_heads: int = 4,
         norm: str = "post",
         learned_noise: bool = False,
+        batch_renorm: bool = False,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.d_model = d_model
         half, quarter = max(d_model // 2, 1), max(d_model // 4, 1)
+        self.obs_norm = ActorBatchRenorm(obs_dim) if batch_renorm else nn.Identity()
+        self.action_norm = ActorBatchRenorm(act_dim) if batch_renorm else nn.Identity()
         self.state_encoder = nn.Sequential(nn.Linear(obs_dim, half), nn.SiLU(), nn.Linear(half, d_model))
         self.action_embed = nn.Linear(act_dim, d_model)
         self.time_embed = nn.Sequential(
             nn.Linear(1, quarter), nn.SiLU(), nn.Linear(quarter, half), nn.SiLU(), nn.Linear(half, d_model)
         )
-        self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, norm) for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, norm, batch_renorm) for _ in range(n_layers))
+        final_norm = ActorBatchRenorm if batch_renorm else nn.LayerNorm
+        self.final_norm = final_norm(d_model) if norm == "pre" else nn.Identity()
         self.v_head = nn.Linear(d_model, act_dim)
         self.log_sigma_head = nn.Linear(d_model, act_dim) if learned_noise else None
 
     def encode(self, obs: Tensor) -> Tensor:
         """State context for a rollout: per-layer cross-attention outputs ``[n_layers, B, d_model]``."""
-        c = self.state_encoder(obs)
+        c = self.state_encoder(self.obs_norm(obs))
         return torch.stack([layer.cross(c) for layer in self.layers])
 
     def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """``context [L,B,d] (from encode), a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        x = self.action_embed(a) + self.time_embed(t)
+        x = self.action_embed(self.action_norm(a)) + self.time_embed(t)
         for i, layer in enumerate(self.layers):
             x = layer(x, context[i])
         x = self.final_norm(x)
