@@ -114,7 +114,7 @@ def test_cuda_graph_crossq_updates_with_a_policy_delay_match_eager() -> None:
     assert len(graphed[0]._graphs) == 2  # the actor's graph replays on every 2nd update
     assert ["actor_loss" in info for info in graphed[1]] == [False, True] * 3
     assert_same_losses_and_statistics(eager, graphed, ("critic_loss", "q_mean", "log_prob", "alpha"), rtol=1e-3)
-    assert int(graphed[0].agent.actor.velocity.obs_norm.steps) == 3
+    assert int(graphed[0].agent.actor.obs_norm.steps) == 3
 
 
 @pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")

@@ -351,8 +351,8 @@ ACTOR_NORM_STEPS = {
     ("gaussian", "input"): [1], ("gaussian", "crossq"): [1, 1, 1],  # observation, hidden layer, trunk output
     ("flow_mlp", "input"): [1], ("flow_mlp", "crossq"): [4],  # [s, a_i], shared by the steps
     ("flow_g", "input"): [1], ("flow_g", "crossq"): [4],
-    # observation, a_i, then the decoder layer's three in place of its LayerNorms
-    ("flow_t", "input"): [1], ("flow_t", "crossq"): [1, 4, 4, 4, 4],
+    # a_i, the decoder layer's three in place of its LayerNorms, then the policy's observation layer
+    ("flow_t", "input"): [1], ("flow_t", "crossq"): [4, 4, 4, 4, 1],
 }
 
 

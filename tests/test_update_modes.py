@@ -112,7 +112,7 @@ def test_compiled_crossq_updates_match_eager() -> None:
     assert_same_losses_and_statistics(eager, compiled, ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"),
                                       rtol=1e-4)
     agent = compiled[0].agent
-    assert int(agent.critic.net[0].steps) == 4 and int(agent.actor.velocity.obs_norm.steps) == 2
+    assert int(agent.critic.net[0].steps) == 4 and int(agent.actor.obs_norm.steps) == 2
 
 
 def test_cuda_graphs_need_a_cuda_agent() -> None:

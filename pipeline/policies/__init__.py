@@ -174,5 +174,7 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         noise_std=opts["noise_std"],
         log_prob=opts["log_prob"],
         bc_target=opts["bc_target"],
-        obs_norm=opts["batch_renorm"] == "input",
+        # the observation layer: every kind's with "input"; with "crossq" Flow-T's only (Flow-MLP and Flow-G
+        # normalize [s, a_i] inside the velocity net instead)
+        obs_norm=opts["batch_renorm"] == "input" or (crossq and kind == "flow_t"),
     )

@@ -115,7 +115,7 @@ class FlowPolicy(nn.Module):
     a random ``a_0`` in its deterministic mode), so :meth:`act` is a function of the state.
 
     ``obs_norm=True`` reads the observation through an :class:`ActorBatchRenorm` layer before the
-    velocity net sees it (``policy.batch_renorm: input``).
+    velocity net sees it (``policy.batch_renorm: input``, and Flow-T's ``crossq``).
     """
 
     def __init__(

@@ -218,10 +218,10 @@ class FlowTVelocity(nn.Module):
     the state, so the rollout stays Markov. With ``norm="pre"`` a final LayerNorm precedes the
     heads (the usual pre-norm arrangement).
 
-    ``batch_renorm`` follows the public CrossQ Flow-T actor: BatchRenorm on the observation before the
-    state encoder, on ``a_i`` before the action embedding, and in place of every LayerNorm. The public code
-    has a separate action layer per step; here one layer serves every step (and the flow-matching loss's
-    continuous ``t``), as its decoder layers do.
+    ``batch_renorm`` follows the public CrossQ Flow-T actor: BatchRenorm on ``a_i`` before the action
+    embedding and in place of every LayerNorm (its layer on the observation is the policy's, see
+    :class:`pipeline.policies.flow.FlowPolicy`). The public code has a separate action layer per step; here
+    one layer serves every step (and the flow-matching loss's continuous ``t``), as its decoder layers do.
     """
 
     def __init__(
@@ -239,7 +239,6 @@ class FlowTVelocity(nn.Module):
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.d_model = d_model
         half, quarter = max(d_model // 2, 1), max(d_model // 4, 1)
-        self.obs_norm = ActorBatchRenorm(obs_dim) if batch_renorm else nn.Identity()
         self.action_norm = ActorBatchRenorm(act_dim) if batch_renorm else nn.Identity()
         self.state_encoder = nn.Sequential(nn.Linear(obs_dim, half), nn.SiLU(), nn.Linear(half, d_model))
         self.action_embed = nn.Linear(act_dim, d_model)
@@ -254,7 +253,7 @@ class FlowTVelocity(nn.Module):
 
     def encode(self, obs: Tensor) -> Tensor:
         """State context for a rollout: per-layer cross-attention outputs ``[n_layers, B, d_model]``."""
-        c = self.state_encoder(self.obs_norm(obs))
+        c = self.state_encoder(obs)
         return torch.stack([layer.cross(c) for layer in self.layers])
 
     def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
