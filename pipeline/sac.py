@@ -27,6 +27,10 @@ from pipeline.config import CriticConfig, PolicyConfig, SACConfig
 from pipeline.critics import CrossQCritic, make_critic
 from pipeline.policies import make_policy
 
+# |a| past this counts as saturated in the ``action_saturation`` diagnostic: tanh' < 0.02 there, so neither Q nor
+# the entropy term can move such an action back (a flow whose sigma sits at its bound shows up here first)
+SATURATED_ACTION = 0.99
+
 
 class Batch(NamedTuple):
     """A minibatch of transitions; ``B`` rows."""
@@ -135,7 +139,8 @@ def _actor_loss(agent: SACAgent, batch: Batch, bc_weight: float, q_weight: float
         info["flow_loss"] = flow.detach()
     if q_weight > 0 or bc_weight > 0:
         actions, log_prob = agent.actor.sample(obs, noise_std=agent.actor_noise_std)
-        info.update(log_prob=log_prob.detach().mean(), entropy=-log_prob.detach().mean())
+        info.update(log_prob=log_prob.detach().mean(), entropy=-log_prob.detach().mean(),
+                    action_saturation=(actions.detach().abs() > SATURATED_ACTION).float().mean())
         if q_weight > 0:
             if agent.crossq:
                 agent.critic.eval()  # the actor reads Q with running statistics and must not move them

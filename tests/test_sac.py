@@ -179,6 +179,16 @@ def test_pure_flow_bc_never_touches_the_critic() -> None:
     assert agent.alpha.item() == alpha
 
 
+
+@pytest.mark.parametrize(("noise_std", "low", "high"), [(0.01, 0.0, 0.05), (50.0, 0.9, 1.0)])
+def test_action_saturation_is_the_share_of_actions_past_the_tanh_knee(noise_std: float, low: float,
+                                                                       high: float) -> None:
+    """A fixed-noise flow at init: sigma 0.01 leaves a_K ~ a_0 ~ N(0, I) (|tanh| > 0.99 past 2.65: ~1 %); sigma
+    50 per step sends nearly every action into the flat end of the tanh."""
+    agent = tiny_agent(policy={"kind": "flow_g", "noise_std": noise_std})
+    _, info = actor_loss(agent, random_batch(512))
+    assert low <= info["action_saturation"].item() <= high
+
 # ---------------------------------------------------------------------------------------------------------------
 # Temperature, policy delay, Polyak averaging
 

@@ -18,8 +18,8 @@ from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, training_reward
 
 PRETRAIN_COLUMNS = [
-    "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "alpha",
-    "actor_grad_norm", "critic_grad_norm", "skipped_updates",
+    "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "action_saturation",
+    "alpha", "actor_grad_norm", "critic_grad_norm", "skipped_updates",
 ]
 
 
