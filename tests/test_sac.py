@@ -179,7 +179,6 @@ def test_pure_flow_bc_never_touches_the_critic() -> None:
     assert agent.alpha.item() == alpha
 
 
-
 @pytest.mark.parametrize(("noise_std", "low", "high"), [(0.01, 0.0, 0.05), (50.0, 0.9, 1.0)])
 def test_action_saturation_is_the_share_of_actions_past_the_tanh_knee(noise_std: float, low: float,
                                                                        high: float) -> None:
@@ -188,6 +187,7 @@ def test_action_saturation_is_the_share_of_actions_past_the_tanh_knee(noise_std:
     agent = tiny_agent(policy={"kind": "flow_g", "noise_std": noise_std})
     _, info = actor_loss(agent, random_batch(512))
     assert low <= info["action_saturation"].item() <= high
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Temperature, policy delay, Polyak averaging
