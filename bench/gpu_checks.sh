@@ -18,7 +18,7 @@ timeout 60 python bench/update_throughput.py --device cpu --threads 1 --steps 4 
   2>&1 | tee "$RES/throughput_cpu_same_machine.txt"
 timeout 120 python bench/update_throughput.py --device cuda --steps 4 --batch 1024 --repeats 100 \
   --kinds gaussian flow_t --modes eager compile cuda_graphs 2>&1 | grep -v '^W1' | tee "$RES/throughput_compile.txt"
-# the from-scratch presets' backbone: CrossQ critics and actor layers, actor and alpha every 3rd update, batch 256
+# the from-scratch presets' backbone: CrossQ critics and actor layers (Flow-T's, Gaussian's), actor every 3rd update
 timeout 90 python bench/update_throughput.py --device cuda --steps 4 --batch 256 --repeats 60 \
   --modes eager cuda_graphs --set critic.kind=crossq --set sac.policy_delay=3 --set sac.adam_beta1=0.5 \
   --set policy.batch_renorm=crossq \
