@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
-from pipeline.metrics import read_json, write_json
+from pipeline.metrics import FINAL_TRAIN_WINDOW, read_json, write_json
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); large n falls back to the normal 1.96
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 Overrides = list[str] | dict[str, Any]  # ``["a.b=1"]``, ``{"a.b": 1}`` or nested ``{"a": {"b": 1}}``
+# the table's mode for the fine-tuned agent's own training episodes at the end of its run, beside the evaluate
+# stage's deterministic and stochastic modes
+TRAINING_MODE = "training"
 
 
 def run_name(preset: str, seed: int) -> str:
@@ -84,10 +87,25 @@ def run_experiment(params: dict[str, Any], out_dir: str | Path, result: str | Pa
             raise ConfigError(f"experiment param {key!r} = {params.get(key)!r}: expected a {kind.__name__}")
     started = time.time()
     evaluation = run_preset(params["preset"], params["seed"], out_dir, params["config"])
+    finetune_metrics = Path(out_dir) / "finetune" / "metrics.json"
     record = {"preset": params["preset"], "seed": params["seed"], "config": params["config"],
-              "evaluate": evaluation, "started": started, "finished": time.time(), "workspace": os.getcwd()}
+              "evaluate": evaluation, "finetune": read_json(finetune_metrics) if finetune_metrics.exists() else {},
+              "started": started, "finished": time.time(), "workspace": os.getcwd()}
     write_json(result, record)
     return record
+
+
+def with_training(evaluation: dict[str, Any], finetune_metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluate stage's ``{agent: {mode: metrics}}`` plus, under ``finetuned``, the :data:`TRAINING_MODE` entry:
+    the return (and success rate) of the training episodes that ended in fine-tuning's last
+    ``FINAL_TRAIN_WINDOW`` of env steps, from its ``metrics.json`` (unchanged where it has none)."""
+    if not finetune_metrics or "train_return_final" not in finetune_metrics:
+        return evaluation
+    training = {"return_mean": finetune_metrics["train_return_final"],
+                "episodes": finetune_metrics["train_episodes_final"]}
+    if "train_success_final" in finetune_metrics:
+        training["success_rate"] = finetune_metrics["train_success_final"]
+    return {**evaluation, "finetuned": {**evaluation.get("finetuned", {}), TRAINING_MODE: training}}
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -145,7 +163,11 @@ def write_table(rows: list[dict[str, Any]], out: str | Path, figures: Sequence[P
               f"{ci_cell(r, 'return_mean')} |" for r in rows]
     if figures:
         lines += ["", *(f"![{p.stem}]({p.name})" for p in figures)]
-    text = "Mean ± 95 % confidence half-width over seeds.\n\n" + "\n".join(lines) + "\n"
+    text = "Mean ± 95 % confidence half-width over seeds."
+    if any(r["mode"] == TRAINING_MODE for r in rows):
+        text += (f" Mode `{TRAINING_MODE}`: fine-tuning's own (exploring) episodes that ended in its last "
+                 f"{FINAL_TRAIN_WINDOW:.0%} of env steps, many updates' policies where an evaluation reads one.")
+    text += "\n\n" + "\n".join(lines) + "\n"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -159,6 +181,11 @@ def finished_runs(runs_dir: str | Path) -> list[tuple[str, Path]]:
             for metrics in sorted(Path(runs_dir).glob("*-s*/evaluate/metrics.json"))]
 
 
+def _finetune_metrics(run: Path) -> dict[str, Any]:
+    path = run / "finetune" / "metrics.json"
+    return read_json(path) if path.exists() else {}
+
+
 def gather_table(runs_dir: str | Path, out: str | Path) -> list[dict[str, Any]]:
     """Read ``<runs_dir>/<preset>-s<seed>/evaluate/metrics.json`` and write a markdown table (+ JSON) to ``out``,
     and beside it ``curves_<env>.png``: each preset's learning curves over its seeds
@@ -169,6 +196,7 @@ def gather_table(runs_dir: str | Path, out: str | Path) -> list[dict[str, Any]]:
     from pipeline.report import plot_table_curves  # matplotlib: only where a table is written
 
     runs = finished_runs(runs_dir)
-    rows = table_rows((preset, read_json(run / "evaluate/metrics.json")) for preset, run in runs)
+    rows = table_rows((preset, with_training(read_json(run / "evaluate/metrics.json"), _finetune_metrics(run)))
+                      for preset, run in runs)
     write_table(rows, out, plot_table_curves(runs, Path(out).parent))
     return rows

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark import Overrides, config_label, table_rows, write_table
+from pipeline.benchmark import Overrides, config_label, table_rows, with_training, write_table
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
 
 QUEUE_PIPELINE = "bench/queue/dvc.yaml"  # the experiment pipeline, relative to the repository root
@@ -209,6 +209,7 @@ def gather_experiments(out: str | Path, repo: str | Path = ".", rev: str | None 
                        all_commits: bool = False) -> list[dict[str, Any]]:
     """The benchmark table of every finished experiment: written to ``out`` (markdown + JSON), rows returned."""
     results = experiment_results(repo, rev=rev, all_commits=all_commits)
-    rows = table_rows((config_label(r["preset"], r.get("config")), r["evaluate"]) for r in results)
+    rows = table_rows((config_label(r["preset"], r.get("config")), with_training(r["evaluate"], r.get("finetune")))
+                      for r in results)
     write_table(rows, out)
     return rows

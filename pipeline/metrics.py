@@ -107,3 +107,36 @@ class RunningMeans:
         self.sums.clear()
         self.counts.clear()
         return out
+
+
+# the closing share of a run's env steps whose training episodes :func:`final_training_episodes` averages
+FINAL_TRAIN_WINDOW = 0.1
+
+
+def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TRAIN_WINDOW) -> dict[str, float]:
+    """Mean return and success of the training episodes that ended in the last ``window`` share of the env steps.
+
+    ``rows``: train.csv rows, whose ``episode_return`` averages the episodes that ended since the row before (their
+    number is the rise of ``episodes``), so the mean weighs every episode once. It averages the policies of many
+    updates, where an evaluation reads one checkpoint, whose return can swing between standing and falling from one
+    update to the next (docs/results.md). Returns ``{"return_mean", "episodes"}`` and, where the env reports success,
+    ``"success_rate"``; ``{}`` when no episode ended in the window.
+    """
+    if not rows:
+        return {}
+    start = (1.0 - window) * float(rows[-1]["env_step"])
+    returns = successes = 0.0
+    count, before, reports_success = 0, 0, False
+    for row in rows:
+        ended = int(row["episodes"]) - before
+        before = int(row["episodes"])
+        if float(row["env_step"]) > start and ended > 0 and row["episode_return"] not in ("", None):
+            returns += ended * float(row["episode_return"])
+            count += ended
+            if row.get("episode_success") not in ("", None):
+                successes += ended * float(row["episode_success"])
+                reports_success = True
+    if count == 0:
+        return {}
+    result = {"return_mean": returns / count, "episodes": count}
+    return {**result, "success_rate": successes / count} if reports_success else result

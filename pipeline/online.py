@@ -77,6 +77,7 @@ class OnlineRunner:
         self.recent_successes: list[float] = []
         self.last_eval: dict[str, Any] = {}
         self.next_checkpoint = ft.checkpoint_every
+        self.reports_success = False
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), 0, 0
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -113,21 +114,24 @@ class OnlineRunner:
             self.queue = []
         self.env_step += 1
         self.ep_return += float(reward)
-        self.ep_success = self.ep_success or bool(info.get("success", False))
+        if "success" in info:  # robosuite reports it at every step; locomotion never, and logs no success column
+            self.reports_success = True
+            self.ep_success = self.ep_success or bool(info["success"])
         self.obs = next_obs
         if self.env_step > self.updates_from:
             t0 = time.perf_counter()
             for _ in range(self.cfg.sac.utd):
                 self.means.add(self.updater.update(self.sampler.sample(self.cfg.sac.batch_size)))
             self.seconds["update"] += time.perf_counter() - t0
+        if terminated or truncated:  # counted before this step's log row, which then reports the episode
+            self.episodes += 1
+            self.recent_returns.append(self.ep_return)
+            self.recent_successes.append(float(self.ep_success))
         if self.env_step % ft.log_every == 0:
             self.write_log_row()
         if self.eval_env is not None and ft.eval_episodes > 0 and self.env_step % ft.eval_every == 0:
             self.run_eval()
         if terminated or truncated:
-            self.episodes += 1
-            self.recent_returns.append(self.ep_return)
-            self.recent_successes.append(float(self.ep_success))
             self.obs = None
             if self.env_step >= self.next_checkpoint:
                 self.save()
@@ -147,7 +151,8 @@ class OnlineRunner:
         self.seconds = dict.fromkeys(PHASES, 0.0)
         if self.recent_returns:
             row["episode_return"] = float(np.mean(self.recent_returns))
-            row["episode_success"] = float(np.mean(self.recent_successes))
+            if self.reports_success:
+                row["episode_success"] = float(np.mean(self.recent_successes))
             self.recent_returns, self.recent_successes = [], []
         self.train_log.append(row)
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates

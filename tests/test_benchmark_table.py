@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.benchmark import config_label, gather_table, mean_ci95, table_rows
+from pipeline.benchmark import TRAINING_MODE, config_label, gather_table, mean_ci95, table_rows
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config, save_config
 from pipeline.exp_queue import grid_params
-from pipeline.metrics import CSVLog, write_json
+from pipeline.metrics import CSVLog, final_training_episodes, write_json
 from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
 
 
@@ -83,3 +83,31 @@ def test_gather_table_draws_each_envs_learning_curves_over_seeds(tmp_path: Path)
     png = f"curves_{cfg.finetune.env_id.replace('/', '_')}.png"
     assert (tmp_path / "out" / png).read_bytes()[:4] == b"\x89PNG"
     assert f"({png})" in (tmp_path / "out/table.md").read_text()
+
+
+def test_final_training_episodes_weigh_each_episode_once() -> None:
+    # rows every 1000 steps: the cumulative episode count and the mean return of the episodes since the row before
+    rows = [{"env_step": str(step), "episodes": str(eps), "episode_return": ret, "episode_success": succ}
+            for step, eps, ret, succ in [(1000, 5, "10", "0"), (8000, 9, "20", "0"), (9000, 12, "30", "1"),
+                                         (9500, 12, "", ""), (10000, 13, "70", "0")]]
+    # the last 10 % is (9000, 10000]: one episode at 70; the last 20 % adds the three at 30 (and their successes)
+    assert final_training_episodes(rows) == {"return_mean": 70.0, "success_rate": 0.0, "episodes": 1}
+    no_success = [{**row, "episode_success": ""} for row in rows]  # an env that reports none (locomotion)
+    assert final_training_episodes(no_success) == {"return_mean": 70.0, "episodes": 1}
+    window = final_training_episodes(rows, window=0.2)
+    assert window["episodes"] == 4 and window["return_mean"] == pytest.approx((3 * 30 + 70) / 4)
+    assert window["success_rate"] == pytest.approx(3 / 4)
+    assert final_training_episodes(rows[:4], window=0.01) == {} and final_training_episodes([]) == {}
+
+
+def test_gather_table_adds_the_training_episodes_of_each_run(tmp_path: Path) -> None:
+    for seed, train_return in [(0, 300.0), (1, 500.0)]:
+        run = tmp_path / f"runs/hopper-s{seed}"
+        write_json(run / "evaluate/metrics.json", {"finetuned": {"deterministic": {"episodes": 10,
+                                                                                   "return_mean": 1000.0}}})
+        write_json(run / "finetune/metrics.json", {"train_return_final": train_return, "train_episodes_final": 3})
+    rows = {r["mode"]: r for r in gather_table(tmp_path / "runs", tmp_path / "table.md")}
+    assert rows[TRAINING_MODE]["return_mean"] == pytest.approx(400.0) and rows[TRAINING_MODE]["seeds"] == 2
+    assert "success_rate" not in rows[TRAINING_MODE] and rows["deterministic"]["return_mean"] == 1000.0
+    text = (tmp_path / "table.md").read_text()
+    assert f"| hopper | finetuned | {TRAINING_MODE} | 2 |  | 400.0 ± 1270.6 |" in text and "last 10%" in text

@@ -13,6 +13,8 @@ from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import ConfigError, load_config
 from pipeline.data.chunking import chunk_transitions
 from pipeline.data.dataset import TransitionDataset
+from pipeline.metrics import CSVLog
+from pipeline.online import TRAIN_COLUMNS
 from pipeline.sac import critic_loss
 from pipeline.train import finetune
 
@@ -75,6 +77,10 @@ def test_online_loop_decides_every_h_steps_and_drops_chunks_cut_by_a_time_limit(
     # two 200-step episodes: 66 whole chunks each; the last 2 steps of each are cut by the time limit
     assert metrics["env_steps"] == 400 and metrics["online_transitions"] == 132
     assert np.isfinite(metrics["eval_deterministic_return_mean"])
+    # the last 10 % of the steps holds the second episode's end (step 400): the training return is that episode's
+    last_row = CSVLog(tmp_path / "train.csv", TRAIN_COLUMNS, "env_step").rows()[-1]
+    assert metrics["train_episodes_final"] == 1 and "train_success_final" not in metrics
+    assert metrics["train_return_final"] == pytest.approx(float(last_row["episode_return"]))
     shares = [metrics[f"{p}_time_share"] for p in ("env", "act", "update", "eval")]
     assert all(0 <= x < 1 for x in shares) and metrics["env_time_share"] > 0 and sum(shares) <= 1.0 + 1e-6
     state = load_checkpoint(run_checkpoint(tmp_path))

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.benchmark import TRAINING_MODE
 from pipeline.config import dotted_items
 from pipeline.exp_queue import QueueError, check_repo, experiments, queue_table
 
@@ -82,10 +83,11 @@ def test_two_queue_workers_run_two_experiments_into_one_table(tmp_path: Path) ->
     assert second["started"] < first["finished"]
 
     table = json.loads((repo / "runs/table_report/table.json").read_text())["rows"]
-    finetuned = {r["preset"]: r for r in table if r["agent"] == "finetuned"}
-    assert set(finetuned) == {"tiny_t", "tiny_g"} and all(r["seeds"] == 1 for r in finetuned.values())
-    for r in finetuned.values():
-        assert 0.0 <= r["success_rate"] <= 1.0 and r["success_rate_ci95"] == 0.0  # one seed: no interval
+    for mode in ("deterministic", TRAINING_MODE):  # the evaluate stage's, and fine-tuning's last training episode's
+        finetuned = {r["preset"]: r for r in table if r["agent"] == "finetuned" and r["mode"] == mode}
+        assert set(finetuned) == {"tiny_t", "tiny_g"} and all(r["seeds"] == 1 for r in finetuned.values())
+        for r in finetuned.values():
+            assert 0.0 <= r["success_rate"] <= 1.0 and r["success_rate_ci95"] == 0.0  # one seed: no interval
     assert "| tiny_g | finetuned | deterministic | 1 |" in (repo / "runs/table_report/table.md").read_text()
 
     # `sacflow table gather` reads the same experiments back into the same table
