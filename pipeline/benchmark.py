@@ -12,6 +12,7 @@ Two ways to fan presets x seeds out, one table:
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import statistics
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
-from pipeline.metrics import FINAL_TRAIN_WINDOW, read_json, write_json
+from pipeline.metrics import FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_episodes, read_json, write_json
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); large n falls back to the normal 1.96
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -99,12 +100,11 @@ def with_training(evaluation: dict[str, Any], finetune_metrics: dict[str, Any] |
     """The evaluate stage's ``{agent: {mode: metrics}}`` plus, under ``finetuned``, the :data:`TRAINING_MODE` entry:
     the return (and success rate) of the training episodes that ended in fine-tuning's last
     ``FINAL_TRAIN_WINDOW`` of env steps, from its ``metrics.json`` (unchanged where it has none)."""
-    if not finetune_metrics or "train_return_final" not in finetune_metrics:
+    training = {k: finetune_metrics[key] for k, key in FINAL_TRAIN_KEYS.items() if key in (finetune_metrics or {})}
+    if "return_mean" not in training:
         return evaluation
-    training = {"return_mean": finetune_metrics["train_return_final"],
-                "episodes": finetune_metrics["train_episodes_final"]}
-    if "train_success_final" in finetune_metrics:
-        training["success_rate"] = finetune_metrics["train_success_final"]
+    if not any("success_rate" in r for r in evaluation.get("finetuned", {}).values()):
+        training.pop("success_rate", None)  # train.csv files from before 2026-11-27 log 0 for envs without success
     return {**evaluation, "finetuned": {**evaluation.get("finetuned", {}), TRAINING_MODE: training}}
 
 
@@ -182,8 +182,13 @@ def finished_runs(runs_dir: str | Path) -> list[tuple[str, Path]]:
 
 
 def _finetune_metrics(run: Path) -> dict[str, Any]:
-    path = run / "finetune" / "metrics.json"
-    return read_json(path) if path.exists() else {}
+    """A run's finetune/metrics.json; where it predates ``train_return_final``, that entry from its train.csv."""
+    path, log = run / "finetune" / "metrics.json", run / "finetune" / "train.csv"
+    metrics = read_json(path) if path.exists() else {}
+    if FINAL_TRAIN_KEYS["return_mean"] not in metrics and log.exists():
+        with log.open(newline="") as f:
+            metrics.update({FINAL_TRAIN_KEYS[k]: v for k, v in final_training_episodes(list(csv.DictReader(f))).items()})
+    return metrics
 
 
 def gather_table(runs_dir: str | Path, out: str | Path) -> list[dict[str, Any]]:

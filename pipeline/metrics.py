@@ -111,6 +111,9 @@ class RunningMeans:
 
 # the closing share of a run's env steps whose training episodes :func:`final_training_episodes` averages
 FINAL_TRAIN_WINDOW = 0.1
+# where finetune/metrics.json keeps each entry of :func:`final_training_episodes`
+FINAL_TRAIN_KEYS = {"return_mean": "train_return_final", "success_rate": "train_success_final",
+                    "episodes": "train_episodes_final"}
 
 
 def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TRAIN_WINDOW) -> dict[str, float]:
@@ -128,8 +131,8 @@ def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TR
     returns = successes = 0.0
     count, before, reports_success = 0, 0, False
     for row in rows:
-        ended = int(row["episodes"]) - before
-        before = int(row["episodes"])
+        episodes = int(row.get("episodes") or before)  # a row without a count: no episode to weigh
+        ended, before = episodes - before, episodes
         if float(row["env_step"]) > start and ended > 0 and row["episode_return"] not in ("", None):
             returns += ended * float(row["episode_return"])
             count += ended

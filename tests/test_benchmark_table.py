@@ -101,11 +101,15 @@ def test_final_training_episodes_weigh_each_episode_once() -> None:
 
 
 def test_gather_table_adds_the_training_episodes_of_each_run(tmp_path: Path) -> None:
-    for seed, train_return in [(0, 300.0), (1, 500.0)]:
-        run = tmp_path / f"runs/hopper-s{seed}"
-        write_json(run / "evaluate/metrics.json", {"finetuned": {"deterministic": {"episodes": 10,
-                                                                                   "return_mean": 1000.0}}})
-        write_json(run / "finetune/metrics.json", {"train_return_final": train_return, "train_episodes_final": 3})
+    for seed in (0, 1):
+        write_json(tmp_path / f"runs/hopper-s{seed}/evaluate/metrics.json",
+                   {"finetuned": {"deterministic": {"episodes": 10, "return_mean": 1000.0}}})
+    write_json(tmp_path / "runs/hopper-s0/finetune/metrics.json", {"train_return_final": 300.0,
+                                                                   "train_episodes_final": 3})
+    # a run from before finetune/metrics.json had the entry: read from its train.csv
+    train = CSVLog(tmp_path / "runs/hopper-s1/finetune/train.csv", TRAIN_COLUMNS, "env_step")
+    train.append({"env_step": 500, "episodes": 1, "episode_return": 20.0})
+    train.append({"env_step": 1000, "episodes": 3, "episode_return": 500.0})
     rows = {r["mode"]: r for r in gather_table(tmp_path / "runs", tmp_path / "table.md")}
     assert rows[TRAINING_MODE]["return_mean"] == pytest.approx(400.0) and rows[TRAINING_MODE]["seeds"] == 2
     assert "success_rate" not in rows[TRAINING_MODE] and rows["deterministic"]["return_mean"] == 1000.0
