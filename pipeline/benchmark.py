@@ -104,7 +104,7 @@ def with_training(evaluation: dict[str, Any], finetune_metrics: dict[str, Any] |
     if "return_mean" not in training:
         return evaluation
     if not any("success_rate" in r for r in evaluation.get("finetuned", {}).values()):
-        training.pop("success_rate", None)  # train.csv files from before 2026-11-27 log 0 for envs without success
+        training.pop("success_rate", None)  # older train.csv files log a success of 0 where the env reports none
     return {**evaluation, "finetuned": {**evaluation.get("finetuned", {}), TRAINING_MODE: training}}
 
 
