@@ -22,7 +22,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.report import curve_of, plot_seeds, read_csv_rows  # noqa: E402
+from pipeline.metrics import read_csv_rows  # noqa: E402
+from pipeline.report import curve_of, plot_seeds  # noqa: E402
 
 TRAIN_METRICS = ("episode_return",)  # read from train.csv; the others come from eval.csv
 

@@ -12,7 +12,6 @@ Two ways to fan presets x seeds out, one table:
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import statistics
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
-from pipeline.metrics import FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_episodes, read_json, write_json
+from pipeline.metrics import (FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_episodes, read_csv_rows, read_json,
+                              write_json)
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); large n falls back to the normal 1.96
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -183,11 +183,11 @@ def finished_runs(runs_dir: str | Path) -> list[tuple[str, Path]]:
 
 def _finetune_metrics(run: Path) -> dict[str, Any]:
     """A run's finetune/metrics.json; where it predates ``train_return_final``, that entry from its train.csv."""
-    path, log = run / "finetune" / "metrics.json", run / "finetune" / "train.csv"
+    path = run / "finetune" / "metrics.json"
     metrics = read_json(path) if path.exists() else {}
-    if FINAL_TRAIN_KEYS["return_mean"] not in metrics and log.exists():
-        with log.open(newline="") as f:
-            metrics.update({FINAL_TRAIN_KEYS[k]: v for k, v in final_training_episodes(list(csv.DictReader(f))).items()})
+    if FINAL_TRAIN_KEYS["return_mean"] not in metrics:
+        training = final_training_episodes(read_csv_rows(run / "finetune" / "train.csv"))
+        metrics.update({FINAL_TRAIN_KEYS[k]: v for k, v in training.items()})
     return metrics
 
 

@@ -27,6 +27,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a metrics CSV (``[]`` if the file does not exist yet)."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
 class CSVLog:
     """Append-only table with a fixed header; ``step_key`` orders rows for resume truncation.
 
@@ -50,10 +58,7 @@ class CSVLog:
         atomic_write(self.path, write)
 
     def rows(self) -> list[dict[str, str]]:
-        if not self.path.exists():
-            return []
-        with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return read_csv_rows(self.path)
 
     def reset(self) -> None:
         """Start an empty table (a fresh run in a directory that holds an old one)."""

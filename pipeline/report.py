@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import statistics
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from pipeline.metrics import read_json, write_json  # noqa: E402
+from pipeline.metrics import read_csv_rows, read_json, write_json  # noqa: E402
 from pipeline.progress import results_console  # noqa: E402
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a metrics CSV (``[]`` if the file does not exist yet)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[list[float], list[float]]:
