@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
-from pipeline.metrics import (FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_episodes, read_csv_rows, read_json,
+from pipeline.metrics import (FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_metrics, read_csv_rows, read_json,
                               write_json)
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); large n falls back to the normal 1.96
@@ -88,9 +88,8 @@ def run_experiment(params: dict[str, Any], out_dir: str | Path, result: str | Pa
             raise ConfigError(f"experiment param {key!r} = {params.get(key)!r}: expected a {kind.__name__}")
     started = time.time()
     evaluation = run_preset(params["preset"], params["seed"], out_dir, params["config"])
-    finetune_metrics = Path(out_dir) / "finetune" / "metrics.json"
     record = {"preset": params["preset"], "seed": params["seed"], "config": params["config"],
-              "evaluate": evaluation, "finetune": read_json(finetune_metrics) if finetune_metrics.exists() else {},
+              "evaluate": evaluation, "finetune": _finetune_metrics(Path(out_dir)),
               "started": started, "finished": time.time(), "workspace": os.getcwd()}
     write_json(result, record)
     return record
@@ -186,8 +185,7 @@ def _finetune_metrics(run: Path) -> dict[str, Any]:
     path = run / "finetune" / "metrics.json"
     metrics = read_json(path) if path.exists() else {}
     if FINAL_TRAIN_KEYS["return_mean"] not in metrics:
-        training = final_training_episodes(read_csv_rows(run / "finetune" / "train.csv"))
-        metrics.update({FINAL_TRAIN_KEYS[k]: v for k, v in training.items()})
+        metrics.update(final_training_metrics(read_csv_rows(run / "finetune" / "train.csv")))
     return metrics
 
 

@@ -148,3 +148,9 @@ def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TR
         return {}
     result = {"return_mean": returns / count, "episodes": count}
     return {**result, "success_rate": successes / count} if reports_success else result
+
+
+def final_training_metrics(rows: list[dict[str, str]]) -> dict[str, float]:
+    """:func:`final_training_episodes` of train.csv ``rows`` under its finetune/metrics.json names
+    (:data:`FINAL_TRAIN_KEYS`)."""
+    return {FINAL_TRAIN_KEYS[k]: v for k, v in final_training_episodes(rows).items()}

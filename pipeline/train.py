@@ -29,7 +29,7 @@ from pipeline.data.chunking import chunk_transitions
 from pipeline.distributed import process_rank
 from pipeline.envs import make_env, make_vector_env
 from pipeline.evaluation import evaluate
-from pipeline.metrics import FINAL_TRAIN_KEYS, final_training_episodes, write_json
+from pipeline.metrics import final_training_metrics, write_json
 from pipeline.online import PHASES
 from pipeline.progress import stage_progress
 from pipeline.runtime import resolve_device, seed_everything, set_threads
@@ -268,7 +268,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
         for k in ("return_mean", "success_rate"):
             if k in result:
                 metrics[f"eval_{mode}_{k}"] = result[k]
-    metrics.update({FINAL_TRAIN_KEYS[k]: v for k, v in final_training_episodes(rows).items()})
+    metrics.update(final_training_metrics(rows))
     write_json(out / "metrics.json", metrics)
     return metrics
 
