@@ -158,6 +158,13 @@ class FinetuneConfig:
     eval_episodes: int = 10
     log_every: int = 1000  # env steps between metric rows
     checkpoint_every: int = 5000  # env steps between checkpoints
+    # env copies collecting training transitions at once: every vector step adds num_envs transitions and runs
+    # num_envs * sac.utd updates, so updates per env step stay sac.utd; the last vector step may pass total_steps by
+    # up to num_envs - 1 steps. With one copy a killed run resumes bit-identically; with several, a resumed run
+    # restarts the episodes that were in flight at its checkpoint
+    num_envs: int = 1
+    # sync: copies in turn in this process; async: a worker process each, stepping while this process updates
+    vectorization_mode: VectorizationMode = "sync"
 
 
 @dataclass
@@ -241,6 +248,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("finetune.eval_episodes", lambda v: v >= 0, ">= 0"),
     ("finetune.log_every", lambda v: v >= 1, ">= 1"),
     ("finetune.checkpoint_every", lambda v: v >= 1, ">= 1"),
+    ("finetune.num_envs", lambda v: v >= 1, ">= 1"),
     ("evaluate.episodes", lambda v: v >= 1, ">= 1"),
     ("evaluate.num_envs", lambda v: v >= 1, ">= 1"),
 ]

@@ -1,8 +1,9 @@
-"""The online loop: act, store, update, log, evaluate, checkpoint. Driven one env step at a time.
+"""The online loop: act, store, update, log, evaluate, checkpoint. Driven one (vector) env step at a time.
 
 :class:`OnlineRunner` is plain Python so a LightningModule (``pipeline.lightning.OnlineFinetune``) and a bare loop
-(``bench/``) run exactly the same code. Checkpoints are taken at episode boundaries, so a resumed run restarts
-with a fresh ``reset()`` drawn from the saved RNG states and continues the same trajectory as an uninterrupted one.
+(``bench/``) run exactly the same code. With one env copy, checkpoints are taken at episode boundaries, so a resumed
+run restarts with a fresh ``reset()`` drawn from the saved RNG states and continues the same trajectory as an
+uninterrupted one; with several copies (``finetune.num_envs``) a resumed run restarts the episodes in flight.
 """
 
 from __future__ import annotations
@@ -35,21 +36,27 @@ TRAIN_COLUMNS = [
 EVAL_COLUMNS = ["env_step", "mode", "return_mean", "return_std", "success_rate", "length_mean", "episodes"]
 
 
-def env_rng_state(env: gym.Env) -> Any:
-    return env.unwrapped.np_random.bit_generator.state
+def env_rng_states(env: gym.vector.VectorEnv) -> list[Any]:
+    """The bit-generator state of each copy's RNG (works across worker processes: generators pickle)."""
+    return [g.bit_generator.state for g in env.get_attr("np_random")]
 
 
-def set_env_rng_state(env: gym.Env, state: Any) -> None:
-    env.unwrapped.np_random.bit_generator.state = state
+def set_env_rng_states(env: gym.vector.VectorEnv, states: list[Any]) -> None:
+    generators = env.get_attr("np_random")
+    for g, state in zip(generators, states, strict=True):
+        g.bit_generator.state = state
+    env.set_attr("np_random", list(generators))
 
 
 class OnlineRunner:
-    """One environment, one agent, one sampler; ``step()`` advances the run by one env step.
+    """``env.num_envs`` copies of one environment, one agent, one sampler; ``step()`` advances every copy by one step.
 
-    ``updates_from``: env step at which updates begin; ``random_until``: env steps acted uniformly at random.
+    ``env``: a vector env with autoreset off (:func:`pipeline.envs.make_vector_env`); each step adds one transition
+    per copy and runs ``sac.utd`` updates per env step it took (while the copies step, if they are worker processes). ``updates_from``: env step at which updates begin;
+    ``random_until``: env steps acted uniformly at random.
     """
 
-    def __init__(self, cfg: Config, agent: SACAgent, updater: SACUpdater, env: gym.Env,
+    def __init__(self, cfg: Config, agent: SACAgent, updater: SACUpdater, env: gym.vector.VectorEnv,
                  eval_env: gym.Env | gym.vector.VectorEnv | None, sampler: OfflineOnlineSampler,
                  run_dir: str | Path, from_scratch: bool, fingerprint: str = "") -> None:
         self.cfg, self.agent, self.updater, self.env, self.eval_env = cfg, agent, updater, env, eval_env
@@ -61,81 +68,129 @@ class OnlineRunner:
         self.train_log = CSVLog(self.run_dir / "train.csv", TRAIN_COLUMNS, "env_step")
         self.eval_log = CSVLog(self.run_dir / "eval.csv", EVAL_COLUMNS, "env_step")
         self.means = RunningMeans()
-        self.env_step = 0
+        self.env_step, self.prev_env_step = 0, 0  # after and before the last step()
         self.episodes = 0
         self.env_errors = 0
-        self.obs: np.ndarray | None = None
-        self.ep_return, self.ep_success = 0.0, False
-        # the decision in flight (action chunking; H = 1 is one action per decision): its state, its [H*A] actions,
-        # the actions still to execute, its discounted reward so far and its steps so far
+        n = self.num_envs = env.num_envs
+        self.overlap = isinstance(env, gym.vector.AsyncVectorEnv)  # updates run while the workers step
+        space = env.single_action_space
+        # the uniform-random actions of the first steps: copy i draws from a stream seeded seed + i (the stream
+        # make_env(seed=seed + i) gives the copy's own action space), saved with every checkpoint
+        self.random_actions = [gym.spaces.Box(space.low, space.high, dtype=space.dtype, seed=cfg.seed + i)
+                               for i in range(n)]
+        self.obs: np.ndarray | None = None  # [N, obs_dim]
+        self.needs_reset = np.ones(n, dtype=bool)
+        self.ep_return, self.ep_success = np.zeros(n), np.zeros(n, dtype=bool)
+        # per copy, the decision in flight (action chunking; H = 1 is one action per decision): its state, its
+        # [H*A] actions, the actions still to execute, its discounted reward so far and its steps so far
         self.chunk = cfg.sac.chunk
-        self.decision: tuple[np.ndarray, np.ndarray] | None = None
-        self.queue: list[np.ndarray] = []
-        self.chunk_reward, self.chunk_steps = 0.0, 0
+        self.decisions: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
+        self.queues: list[list[np.ndarray]] = [[] for _ in range(n)]
+        self.chunk_reward, self.chunk_steps = np.zeros(n), np.zeros(n, dtype=np.int64)
         self.seconds = dict.fromkeys(PHASES, 0.0)  # per phase, since the last log row
         self.recent_returns: list[float] = []
         self.recent_successes: list[float] = []
         self.last_eval: dict[str, Any] = {}
+        self.last_eval_step = -1
         self.next_checkpoint = ft.checkpoint_every
         self.reports_success = False
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), 0, 0
 
     # -- the loop -------------------------------------------------------------------------------------------
-    def step(self) -> None:
-        if self.obs is None:
-            seed = self.cfg.seed if self.episodes == 0 else None
-            self.obs, _ = self.env.reset(seed=seed)
-            self.ep_return, self.ep_success = 0.0, False
-        if not self.queue:  # a new decision
-            if self.env_step < self.random_until:
-                chunk = np.stack([self.env.action_space.sample() for _ in range(self.chunk)])
-            else:
-                t0 = time.perf_counter()
-                obs_t = torch.as_tensor(self.obs, device=self.device).unsqueeze(0)
-                chunk = self.agent.act(obs_t, deterministic=False)[0].cpu().numpy().reshape(self.chunk, -1)
-                self.seconds["act"] += time.perf_counter() - t0
-            self.decision = (self.obs, chunk.reshape(-1))
-            self.queue = list(chunk)
-            self.chunk_reward, self.chunk_steps = 0.0, 0
-        action = self.queue.pop(0)
+    def crossed(self, every: int) -> bool:
+        """Whether the last ``step()`` reached a multiple of ``every`` env steps (it may step past it)."""
+        return self.env_step // every > self.prev_env_step // every
+
+    def reset_finished(self) -> None:
+        """Reset the copies whose episode ended (all of them on the first step and after a resume)."""
+        mask = self.needs_reset
+        if mask.all():  # the first reset of a run is seeded (copy i: cfg.seed + i); later ones continue the streams
+            self.obs, _ = self.env.reset(seed=self.cfg.seed if self.env_step == 0 else None)
+        else:
+            self.obs, _ = self.env.reset(options={"reset_mask": mask.copy()})
+        self.ep_return[mask], self.ep_success[mask] = 0.0, False
+        self.needs_reset = np.zeros(self.num_envs, dtype=bool)
+
+    def decide(self) -> None:
+        """A new decision (H actions) for every copy whose queue is empty: one batched policy call."""
+        deciding = [i for i in range(self.num_envs) if not self.queues[i]]
+        if not deciding:
+            return
+        if self.env_step < self.random_until:
+            chunks = [np.stack([self.random_actions[i].sample() for _ in range(self.chunk)]) for i in deciding]
+        else:
+            t0 = time.perf_counter()
+            obs_t = torch.as_tensor(self.obs[deciding], device=self.device)
+            actions = self.agent.act(obs_t, deterministic=False).cpu().numpy()
+            chunks = list(actions.reshape(len(deciding), self.chunk, -1))
+            self.seconds["act"] += time.perf_counter() - t0
+        for i, chunk in zip(deciding, chunks):
+            self.decisions[i] = (self.obs[i], chunk.reshape(-1))
+            self.queues[i] = list(chunk)
+            self.chunk_reward[i], self.chunk_steps[i] = 0.0, 0
+
+    def run_updates(self, env_steps: int) -> None:
+        """``sac.utd`` updates per env step."""
         t0 = time.perf_counter()
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        for _ in range(env_steps * self.cfg.sac.utd):
+            self.means.add(self.updater.update(self.sampler.sample(self.cfg.sac.batch_size)))
+        self.seconds["update"] += time.perf_counter() - t0
+
+    def step(self) -> None:
+        if self.needs_reset.any():
+            self.reset_finished()
+        self.decide()
+        actions = np.stack([q.pop(0) for q in self.queues])
+        self.prev_env_step, self.env_step = self.env_step, self.env_step + self.num_envs
+        new_steps = self.env_step - max(self.prev_env_step, self.updates_from)  # env steps past learning_starts
+        # worker processes simulate while this one updates, so those updates sample the buffer as it was before this
+        # step's transitions (one step of lag); in-process copies, or a still-empty buffer, step first
+        overlap = self.overlap and new_steps > 0 and len(self.sampler.online) > 0
+        t0 = time.perf_counter()
+        if overlap:
+            self.env.step_async(actions)
+            self.seconds["env"] += time.perf_counter() - t0
+            self.run_updates(new_steps)
+            t0 = time.perf_counter()
+            next_obs, reward, terminated, truncated, info = self.env.step_wait()
+        else:
+            next_obs, reward, terminated, truncated, info = self.env.step(actions)
         self.seconds["env"] += time.perf_counter() - t0
-        if info.get("env_error"):
-            self.env_errors += 1
-        ft = self.cfg.finetune
-        self.chunk_reward += self.cfg.sac.gamma ** self.chunk_steps * training_reward(float(reward), self.cfg.sac)
-        self.chunk_steps += 1
-        if terminated or not self.queue:
-            # a whole chunk, or one cut short by a true terminal; one cut by a time limit has no state H steps
-            # later and is dropped (pipeline.data.chunking applies the same rule to datasets)
-            self.sampler.online.add(*self.decision, self.chunk_reward, next_obs, float(terminated))
-        if terminated or truncated:
-            self.queue = []
-        self.env_step += 1
-        self.ep_return += float(reward)
+        self.env_errors += int(np.count_nonzero(info.get("_env_error", ())))
+        gamma, sac = self.cfg.sac.gamma, self.cfg.sac
+        done = terminated | truncated
+        for i in range(self.num_envs):
+            self.chunk_reward[i] += gamma ** self.chunk_steps[i] * training_reward(float(reward[i]), sac)
+            self.chunk_steps[i] += 1
+            if terminated[i] or not self.queues[i]:
+                # a whole chunk, or one cut short by a true terminal; one cut by a time limit has no state H steps
+                # later and is dropped (pipeline.data.chunking applies the same rule to datasets)
+                self.sampler.online.add(*self.decisions[i], self.chunk_reward[i], next_obs[i], float(terminated[i]))
+            if done[i]:
+                self.queues[i] = []
+        self.ep_return += reward
         if "success" in info:  # robosuite reports it at every step; locomotion never, and logs no success column
             self.reports_success = True
-            self.ep_success = self.ep_success or bool(info["success"])
+            self.ep_success |= np.asarray(info["success"], dtype=bool) & info["_success"]
         self.obs = next_obs
-        if self.env_step > self.updates_from:
-            t0 = time.perf_counter()
-            for _ in range(self.cfg.sac.utd):
-                self.means.add(self.updater.update(self.sampler.sample(self.cfg.sac.batch_size)))
-            self.seconds["update"] += time.perf_counter() - t0
-        if terminated or truncated:  # counted before this step's log row, which then reports the episode
+        if new_steps > 0 and not overlap:
+            self.run_updates(new_steps)
+        for i in np.flatnonzero(done):  # counted before this step's log row, which then reports the episodes
             self.episodes += 1
-            self.recent_returns.append(self.ep_return)
-            self.recent_successes.append(float(self.ep_success))
-        if self.env_step % ft.log_every == 0:
+            self.recent_returns.append(float(self.ep_return[i]))
+            self.recent_successes.append(float(self.ep_success[i]))
+        ft = self.cfg.finetune
+        if self.crossed(ft.log_every):
             self.write_log_row()
-        if self.eval_env is not None and ft.eval_episodes > 0 and self.env_step % ft.eval_every == 0:
+        if self.eval_env is not None and ft.eval_episodes > 0 and self.crossed(ft.eval_every):
             self.run_eval()
-        if terminated or truncated:
-            self.obs = None
-            if self.env_step >= self.next_checkpoint:
-                self.save()
-                self.next_checkpoint = (self.env_step // ft.checkpoint_every + 1) * ft.checkpoint_every
+        self.needs_reset = done
+        # with one copy, checkpoints wait for the end of an episode, so a resumed run starts its next episode from
+        # the saved RNG exactly as the uninterrupted run did; several copies seldom finish together, so their
+        # checkpoint is taken when due and a resumed run restarts the episodes in flight
+        if self.env_step >= self.next_checkpoint and (done.all() or self.num_envs > 1):
+            self.save()
+            self.next_checkpoint = (self.env_step // ft.checkpoint_every + 1) * ft.checkpoint_every
 
     def write_log_row(self) -> None:
         now = time.perf_counter()
@@ -166,6 +221,7 @@ class OnlineRunner:
             result = evaluate(self.agent, self.eval_env, self.cfg.finetune.eval_episodes, ev.seed, deterministic)
             self.eval_log.append({"env_step": self.env_step, **result})
             self.last_eval[result["mode"]] = result
+        self.last_eval_step = self.env_step
         self.seconds["eval"] += time.perf_counter() - t0
         return self.last_eval
 
@@ -175,7 +231,8 @@ class OnlineRunner:
             "fingerprint": self.fingerprint, "agent": self.agent.state_dict(), "updater": self.updater.state_dict(),
             "buffer": self.sampler.online.state_dict(), "seeded": self.sampler.seeded,
             "env_step": self.env_step, "episodes": self.episodes, "env_errors": self.env_errors,
-            "next_checkpoint": self.next_checkpoint, "rng": rng_state(), "env_rng": env_rng_state(self.env),
+            "next_checkpoint": self.next_checkpoint, "rng": rng_state(), "env_rng": env_rng_states(self.env),
+            "random_action_rng": [s.np_random.bit_generator.state for s in self.random_actions],
             "recent_returns": self.recent_returns, "recent_successes": self.recent_successes,
             "means": self.means.state_dict(),
         }
@@ -189,12 +246,15 @@ class OnlineRunner:
         self.env_errors, self.next_checkpoint = state["env_errors"], state["next_checkpoint"]
         self.recent_returns, self.recent_successes = state["recent_returns"], state["recent_successes"]
         self.means.load_state_dict(state["means"], self.device)
-        if self.episodes > 0:  # the first reset is seeded by cfg.seed; later ones draw from the saved env RNG
+        if self.env_step > 0:  # the first reset is seeded by cfg.seed; later ones draw from the saved env RNGs
             # gymnasium seeds the env RNG on the first reset; reset once so the saved state is not overwritten
             self.env.reset(seed=self.cfg.seed)
-        set_env_rng_state(self.env, state["env_rng"])
+        set_env_rng_states(self.env, state["env_rng"])
+        for space, rng in zip(self.random_actions, state["random_action_rng"], strict=True):
+            space.np_random.bit_generator.state = rng
         set_rng_state(state["rng"])
-        self.obs = None
+        self.prev_env_step = self.env_step
+        self.needs_reset[:] = True
         self.train_log.truncate_after(self.env_step)
         self.eval_log.truncate_after(self.env_step)
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates

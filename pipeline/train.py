@@ -226,8 +226,9 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     dcfg = finetune_dataset(cfg)
     offline = load_offline(dcfg) if dcfg is not None else None
     options = env_options_for(ft.env_id, offline, ft.env_options)
-    env = make_env(ft.env_id, seed=cfg.seed, **options)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    space_env = make_env(ft.env_id, **options)  # its spaces, checked against the data before any worker starts
+    obs_dim, act_dim = space_env.observation_space.shape[0], space_env.action_space.shape[0]
+    space_env.close()
     if offline is not None:
         check_compatible(offline, obs_dim, act_dim, dcfg.source)
         offline = chunk_transitions(offline, cfg.sac.chunk, cfg.sac.gamma)
@@ -238,11 +239,12 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     resume = resume_state(out, fingerprint)
     start = resume["env_step"] if resume else 0
     t0 = time.perf_counter()
-    # the eval copies (worker processes when async) start here, after every input check, and close however fit ends
-    with closing(make_eval_envs(cfg, options)) as eval_env, \
+    # the env copies (worker processes when async) start here, after every input check, and close however fit ends
+    with closing(make_vector_env(ft.env_id, ft.num_envs, ft.vectorization_mode, seed=cfg.seed, **options)) as env, \
+            closing(make_eval_envs(cfg, options)) as eval_env, \
             stage_progress("finetune", ft.total_steps, start, cfg.trainer.progress) as bar:
         def show(runner: Any) -> None:
-            if runner.env_step % 100 == 0:
+            if runner.crossed(100):
                 ev = runner.last_eval.get("deterministic", {})
                 bar(runner.env_step, episodes=runner.episodes,
                     **({"eval_success": ev["success_rate"]} if "success_rate" in ev else
@@ -250,9 +252,9 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
 
         module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
                                 resume_state=resume, progress=show, fingerprint=fingerprint)
-        make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps))
+        make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps, ft.num_envs))
         runner = module.runner
-        evaluated_last_step = runner.env_step % ft.eval_every == 0 and runner.last_eval
+        evaluated_last_step = runner.last_eval_step == runner.env_step
         final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
     metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
                                "updates": runner.updater.updates, "episodes": runner.episodes,

@@ -1,7 +1,12 @@
-"""Shared test set-up: single-threaded torch (session fixture) and tiny SAC agents and batches (helpers)."""
+"""Shared test set-up: single-threaded torch (session fixture); tiny SAC agents and batches, a killed finetune run
+(helpers)."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,7 @@ from pipeline.config import CriticConfig, PolicyConfig, SACConfig
 from pipeline.sac import Batch, SACAgent, SACUpdater, make_optimizers
 
 OBS_DIM, ACT_DIM = 3, 2
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -133,3 +139,33 @@ def assert_sane(ds: Any) -> None:
     assert len(ds) > 0 and int(ds.episode_ends[-1]) == len(ds)
     assert bool(torch.isfinite(ds.observations).all()) and bool(torch.isfinite(ds.next_observations).all())
     assert float(ds.actions.abs().max()) <= 1.0
+
+
+_FINETUNE_CHILD = """
+import sys
+from pipeline.config import load_config
+from pipeline.train import finetune
+finetune(load_config(overrides=sys.argv[2:]), sys.argv[1])
+"""
+
+
+def run_killed_after_first_checkpoint(out: Path, overrides: list[str], timeout: float = 120.0) -> None:
+    """Run ``finetune`` with ``overrides`` on ``out`` in a child process and SIGKILL it after its first checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-c", _FINETUNE_CHILD, str(out), *overrides], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (out / "checkpoints" / "last.pt").exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"the run ended before its first checkpoint: {proc.stderr.read().decode()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("no checkpoint appeared in time")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import random_batch, tiny_agent
+from conftest import random_batch, run_killed_after_first_checkpoint, tiny_agent
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, previous_path, save_checkpoint
@@ -22,9 +18,6 @@ from pipeline.config import load_config
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Optimizers, SACUpdater, make_optimizers
 from pipeline.train import finetune
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 def test_save_keeps_previous_generation_and_no_temp_files(tmp_path: Path) -> None:
     path = tmp_path / "ckpt" / "last.pt"
@@ -132,35 +125,6 @@ OVERRIDES = [
     "finetune.checkpoint_every=200", "finetune.learning_starts=100", "finetune.random_steps=100",
     "finetune.buffer_size=1000", "finetune.eval_episodes=1", "finetune.eval_every=300", "finetune.log_every=100",
 ]
-CHILD = """
-import sys
-from pipeline.config import load_config
-from pipeline.train import finetune
-finetune(load_config(overrides=sys.argv[2:]), sys.argv[1])
-"""
-
-
-def run_killed_after_first_checkpoint(out: Path, timeout: float = 120.0) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(out), *OVERRIDES], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while not (out / "checkpoints" / "last.pt").exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"the run ended before its first checkpoint: {proc.stderr.read().decode()}")
-            if time.monotonic() > deadline:
-                raise AssertionError("no checkpoint appeared in time")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-
-
 def env_steps(path: Path) -> list[str]:
     with path.open() as f:
         return [row["env_step"] for row in csv.DictReader(f)]
@@ -171,7 +135,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     ref = finetune(cfg, straight)
 
-    run_killed_after_first_checkpoint(resumed)
+    run_killed_after_first_checkpoint(resumed, OVERRIDES)
     first = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)
     assert 200 <= first["env_step"] < 600
     # Pendulum only truncates (time limit): nothing the run stored may cut the bootstrap

@@ -162,14 +162,15 @@ def make_env(env_id: str, seed: int | None = None, **options: Any) -> gym.Env:
 VECTORIZATION_MODES: tuple[str, ...] = typing.get_args(VectorizationMode)
 
 
-def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async",
+def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async", seed: int | None = None,
                     **options: Any) -> gym.vector.VectorEnv:
     """``num_envs`` copies of :func:`make_env` behind Gymnasium's vector API, with autoreset disabled.
 
     ``mode="async"`` steps each copy in its own worker process (parallel on several cores); ``"sync"`` steps them in
     turn in this process (one batched policy call per step, no parallel physics). Autoreset is off so the caller
     decides which copy resets, and with which seed (``reset(seed=[...], options={"reset_mask": mask})``); a copy
-    whose episode ended must be reset before it is stepped again.
+    whose episode ended must be reset before it is stepped again. ``seed``: copy i is made with
+    ``make_env(seed=seed + i)`` (its first reset and its spaces seeded), as ``reset(seed=seed)`` seeds copy i.
 
     Raises:
         ValueError: ``num_envs`` < 1, an unknown ``mode``, or anything :func:`make_env` rejects.
@@ -179,7 +180,8 @@ def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async
     if mode not in VECTORIZATION_MODES:
         raise ValueError(f"vectorization mode: expected one of {list(VECTORIZATION_MODES)}, got {mode!r}")
     disabled = gym.vector.AutoresetMode.DISABLED
-    fns = [functools.partial(make_env, env_id, **options) for _ in range(num_envs)]
+    fns = [functools.partial(make_env, env_id, seed=None if seed is None else seed + i, **options)
+           for i in range(num_envs)]
     if mode == "sync":
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)
     # Gymnasium builds the first copy in this process to read the spaces, so a bad id or option fails here with

@@ -16,13 +16,13 @@ from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, trai
 
 
 class OnlineFinetune(L.LightningModule):
-    """One ``training_step`` = one environment step plus ``sac.utd`` updates.
+    """One ``training_step`` = one step of every env copy plus ``sac.utd`` updates per env step.
 
     ``offline``: a TransitionDataset for the buffer (``finetune.buffer_mode``); ``init_state``: agent weights to
     start from (a pretraining checkpoint's ``agent``); ``resume_state``: this stage's own last checkpoint.
     """
 
-    def __init__(self, cfg: Config, env: gym.Env, eval_env: gym.Env | gym.vector.VectorEnv | None,
+    def __init__(self, cfg: Config, env: gym.vector.VectorEnv, eval_env: gym.Env | gym.vector.VectorEnv | None,
                  run_dir: str | Path, offline: Any = None, init_state: dict[str, Any] | None = None,
                  resume_state: dict[str, Any] | None = None, progress: Any = None, fingerprint: str = "") -> None:
         super().__init__()
@@ -30,7 +30,7 @@ class OnlineFinetune(L.LightningModule):
         self.cfg, self.env, self.eval_env, self.run_dir = cfg, env, eval_env, Path(run_dir)
         self.offline, self.resume_state, self.progress = offline, resume_state, progress
         self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.train.run_fingerprint)
-        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
         # with action chunking the agent decides H actions at once: its action is the [H * A] chunk
         self.agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac)
         self.from_scratch = init_state is None

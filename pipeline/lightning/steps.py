@@ -14,24 +14,27 @@ from torch.utils.data import DataLoader, IterableDataset
 
 
 class StepRange(IterableDataset):
-    def __init__(self, start: int, stop: int) -> None:
-        self.start, self.stop = start, stop
+    def __init__(self, start: int, stop: int, stride: int = 1) -> None:
+        self.start, self.stop, self.stride = start, stop, stride
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
+        return iter(range(self.start, self.stop, self.stride))
 
 
 class StepDataModule(L.LightningDataModule):
-    """Yields the integers ``start .. stop-1``; ``start`` is where a resumed run picks up."""
+    """Yields ``start, start + stride, ...`` below ``stop``; ``start`` is where a resumed run picks up.
 
-    def __init__(self, start: int, stop: int) -> None:
+    ``stride``: steps one ``training_step`` takes (fine-tuning with N env copies takes N env steps at a time).
+    """
+
+    def __init__(self, start: int, stop: int, stride: int = 1) -> None:
         super().__init__()
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.stride = start, stop, stride
 
     def train_dataloader(self) -> DataLoader:
         # batch_size=None: one plain int per training_step, no collation, no worker processes. A private
         # generator: the default one would draw a base seed from the global RNG, shifting a resumed run's stream.
-        return DataLoader(StepRange(self.start, self.stop), batch_size=None, collate_fn=_identity,
+        return DataLoader(StepRange(self.start, self.stop, self.stride), batch_size=None, collate_fn=_identity,
                           generator=torch.Generator())
 
 

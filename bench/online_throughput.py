@@ -1,0 +1,91 @@
+"""Online-loop speed with env copies: env steps/s of fine-tuning's loop by ``finetune.num_envs`` and mode.
+
+    python bench/online_throughput.py [--env robosuite/Lift] [--kind flow_t] [--steps 600] [--utd 1]
+                                      [--copies 1 2 4] [--modes sync async] [--repeats 2]
+
+The default preset's agent (Flow-T, K = 4, batch 128) in ``pipeline.online.OnlineRunner``, the loop fine-tuning runs
+under Lightning, driven by a bare loop here: act, step every copy, store, ``--utd`` updates per env step. Each
+variant first fills its buffer (one batch, untimed), then runs ``--steps`` env steps; repeats are interleaved, the
+best kept, all in one process. Env construction and worker start-up are excluded. Prints env steps/s, the ratio
+against one env, and where the time went (the runner's own phase clock). ``--utd 0`` times collection alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import gymnasium as gym
+import torch
+
+from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
+from pipeline.config import Config, load_config
+from pipeline.envs import make_vector_env
+from pipeline.online import PHASES, OnlineRunner
+from pipeline.sac import SACAgent, SACUpdater, make_optimizers
+
+
+def make_runner(cfg: Config, env: gym.vector.VectorEnv, run_dir: str) -> OnlineRunner:
+    obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
+    torch.manual_seed(0)
+    agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac)
+    online = ReplayBuffer(cfg.finetune.buffer_size, obs_dim, act_dim, agent.obs_mean.device)
+    sampler = OfflineOnlineSampler(online, None, "seeded", 0.0)
+    return OnlineRunner(cfg, agent, SACUpdater(agent, make_optimizers(agent)), env, None, sampler, run_dir,
+                        from_scratch=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--env", default="robosuite/Lift")
+    p.add_argument("--kind", default="flow_t")
+    p.add_argument("--steps", type=int, default=600, help="timed env steps per variant and repeat")
+    p.add_argument("--utd", type=int, default=1, help="updates per env step (0: collection only)")
+    p.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--modes", nargs="+", default=["sync", "async"], choices=["sync", "async"])
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    warmup = 128  # env steps before updates start: one batch (the default preset's) in the buffer
+    common = [f"policy.kind={args.kind}", f"finetune.env_id={args.env}", "finetune.from_pretrained=false",
+              "finetune.random_steps=0", f"sac.utd={max(args.utd, 1)}", f"sac.batch_size={warmup}",
+              f"finetune.learning_starts={warmup if args.utd else 10**9}",
+              "finetune.log_every=100000000", "finetune.checkpoint_every=100000000"]
+    variants = [(1, "sync")] + [(n, m) for m in args.modes for n in args.copies if n > 1]
+    tmp = tempfile.TemporaryDirectory()
+    runners = {}
+    for n, mode in variants:
+        cfg = load_config("default", [*common, f"finetune.num_envs={n}", f"finetune.vectorization_mode={mode}"])
+        env = make_vector_env(args.env, n, mode, seed=cfg.seed)
+        runners[(n, mode)] = make_runner(cfg, env, f"{tmp.name}/{n}_{mode}")
+    best: dict[tuple[int, str], float] = dict.fromkeys(runners, 0.0)
+    shares: dict[tuple[int, str], dict[str, float]] = {}
+    for r in runners.values():  # fill one batch, untimed
+        while r.env_step < warmup:
+            r.step()
+    for _ in range(args.repeats):
+        for key, r in runners.items():
+            r.seconds = dict.fromkeys(PHASES, 0.0)
+            start, t0 = r.env_step, time.perf_counter()
+            while r.env_step - start < args.steps:
+                r.step()
+            elapsed = time.perf_counter() - t0
+            rate = (r.env_step - start) / elapsed
+            if rate > best[key]:
+                best[key], shares[key] = rate, {k: v / elapsed for k, v in r.seconds.items()}
+    print(f"env={args.env} kind={args.kind} K={cfg.policy.steps} batch={cfg.sac.batch_size} utd={args.utd} "
+          f"steps={args.steps} threads=1")
+    base = best[(1, "sync")]
+    print(f"{'variant':>16} {'env steps/s':>12} {'vs 1 env':>9} {'env':>6} {'act':>6} {'update':>7}")
+    for (n, mode), rate in best.items():
+        s = shares[(n, mode)]
+        name = "1 env" if n == 1 else f"{n} copies, {mode}"
+        print(f"{name:>16} {rate:>12.1f} {rate / base:>9.2f} {s['env']:>6.2f} {s['act']:>6.2f} {s['update']:>7.2f}")
+    for r in runners.values():
+        r.env.close()
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
