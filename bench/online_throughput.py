@@ -6,8 +6,10 @@
 The default preset's agent (Flow-T, K = 4, batch 128) in ``pipeline.online.OnlineRunner``, the loop fine-tuning runs
 under Lightning, driven by a bare loop here: act, step every copy, store, ``--utd`` updates per env step. Each
 variant first fills its buffer (one batch, untimed), then runs ``--steps`` env steps; repeats are interleaved, the
-best kept, all in one process. Env construction and worker start-up are excluded. Prints env steps/s, the ratio
-against one env, and where the time went (the runner's own phase clock). ``--utd 0`` times collection alone.
+best kept, all in one process. The baseline is one env in this process (``num_envs: 1``, ``sync``: the default);
+``1 copy, async`` is one worker process stepping while this process updates. Env construction and worker start-up
+are excluded. Prints env steps/s, the ratio against one env, and where the time went (the runner's own phase
+clock). ``--utd 0`` times collection alone.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def main() -> None:
               "finetune.random_steps=0", f"sac.utd={max(args.utd, 1)}", f"sac.batch_size={warmup}",
               f"finetune.learning_starts={warmup if args.utd else 10**9}",
               "finetune.log_every=100000000", "finetune.checkpoint_every=100000000"]
-    variants = [(1, "sync")] + [(n, m) for m in args.modes for n in args.copies if n > 1]
+    variants = [(1, "sync")] + [(n, m) for m in args.modes for n in args.copies if (n, m) != (1, "sync")]
     tmp = tempfile.TemporaryDirectory()
     runners = {}
     for n, mode in variants:
@@ -80,7 +82,7 @@ def main() -> None:
     print(f"{'variant':>16} {'env steps/s':>12} {'vs 1 env':>9} {'env':>6} {'act':>6} {'update':>7}")
     for (n, mode), rate in best.items():
         s = shares[(n, mode)]
-        name = "1 env" if n == 1 else f"{n} copies, {mode}"
+        name = "1 env" if (n, mode) == (1, "sync") else f"{n} cop{'y' if n == 1 else 'ies'}, {mode}"
         print(f"{name:>16} {rate:>12.1f} {rate / base:>9.2f} {s['env']:>6.2f} {s['act']:>6.2f} {s['update']:>7.2f}")
     for r in runners.values():
         r.env.close()

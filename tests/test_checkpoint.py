@@ -130,12 +130,15 @@ def env_steps(path: Path) -> list[str]:
         return [row["env_step"] for row in csv.DictReader(f)]
 
 
-def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path) -> None:
-    cfg = load_config(overrides=OVERRIDES)
+# sync: the env in this process; async: in a worker process that steps while this one updates
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_killed_and_resumed_run_is_bit_identical(mode: str, tmp_path: Path) -> None:
+    overrides = [*OVERRIDES, f"finetune.vectorization_mode={mode}"]
+    cfg = load_config(overrides=overrides)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     ref = finetune(cfg, straight)
 
-    run_killed_after_first_checkpoint(resumed, OVERRIDES)
+    run_killed_after_first_checkpoint(resumed, overrides)
     first = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)
     assert 200 <= first["env_step"] < 600
     # Pendulum only truncates (time limit): nothing the run stored may cut the bootstrap
