@@ -1,7 +1,7 @@
 """Online-loop speed with env copies: env steps/s of fine-tuning's loop by ``finetune.num_envs`` and mode.
 
     python bench/online_throughput.py [--env robosuite/Lift] [--kind flow_t] [--steps 600] [--utd 1]
-                                      [--copies 1 2 4] [--modes sync async] [--repeats 2]
+                                      [--copies 1 2 4] [--modes sync async] [--repeats 2] [--device cpu|cuda]
 
 The default preset's agent (Flow-T, K = 4, batch 128) in ``pipeline.online.OnlineRunner``, the loop fine-tuning runs
 under Lightning, driven by a bare loop here: act, step every copy, store, ``--utd`` updates per env step. Each
@@ -28,10 +28,10 @@ from pipeline.online import PHASES, OnlineRunner
 from pipeline.sac import SACAgent, SACUpdater, make_optimizers
 
 
-def make_runner(cfg: Config, env: gym.vector.VectorEnv, run_dir: str) -> OnlineRunner:
+def make_runner(cfg: Config, env: gym.vector.VectorEnv, run_dir: str, device: str) -> OnlineRunner:
     obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
     torch.manual_seed(0)
-    agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac)
+    agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac).to(device)
     online = ReplayBuffer(cfg.finetune.buffer_size, obs_dim, act_dim, agent.obs_mean.device)
     sampler = OfflineOnlineSampler(online, None, "seeded", 0.0)
     return OnlineRunner(cfg, agent, SACUpdater(agent, make_optimizers(agent)), env, None, sampler, run_dir,
@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--modes", nargs="+", default=["sync", "async"], choices=["sync", "async"])
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the agent and the buffer live")
     args = p.parse_args()
     torch.set_num_threads(1)
     warmup = 128  # env steps before updates start: one batch (the default preset's) in the buffer
@@ -60,7 +61,7 @@ def main() -> None:
     for n, mode in variants:
         cfg = load_config("default", [*common, f"finetune.num_envs={n}", f"finetune.vectorization_mode={mode}"])
         env = make_vector_env(args.env, n, mode, seed=cfg.seed)
-        runners[(n, mode)] = make_runner(cfg, env, f"{tmp.name}/{n}_{mode}")
+        runners[(n, mode)] = make_runner(cfg, env, f"{tmp.name}/{n}_{mode}", args.device)
     best: dict[tuple[int, str], float] = dict.fromkeys(runners, 0.0)
     shares: dict[tuple[int, str], dict[str, float]] = {}
     for r in runners.values():  # fill one batch, untimed
@@ -77,7 +78,7 @@ def main() -> None:
             if rate > best[key]:
                 best[key], shares[key] = rate, {k: v / elapsed for k, v in r.seconds.items()}
     print(f"env={args.env} kind={args.kind} K={cfg.policy.steps} batch={cfg.sac.batch_size} utd={args.utd} "
-          f"steps={args.steps} threads=1")
+          f"steps={args.steps} threads=1 device={args.device}")
     base = best[(1, "sync")]
     print(f"{'variant':>16} {'env steps/s':>12} {'vs 1 env':>9} {'env':>6} {'act':>6} {'update':>7}")
     for (n, mode), rate in best.items():

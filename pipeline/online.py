@@ -52,8 +52,9 @@ class OnlineRunner:
     """``env.num_envs`` copies of one environment, one agent, one sampler; ``step()`` advances every copy by one step.
 
     ``env``: a vector env with autoreset off (:func:`pipeline.envs.make_vector_env`); each step adds one transition
-    per copy and runs ``sac.utd`` updates per env step it took (while the copies step, if they are worker processes). ``updates_from``: env step at which updates begin;
-    ``random_until``: env steps acted uniformly at random.
+    per copy and runs ``sac.utd`` updates per env step it took (while the copies step, if they are worker
+    processes). ``updates_from``: env step at which updates begin; ``random_until``: env steps acted uniformly at
+    random.
     """
 
     def __init__(self, cfg: Config, agent: SACAgent, updater: SACUpdater, env: gym.vector.VectorEnv,
