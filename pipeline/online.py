@@ -158,10 +158,10 @@ class OnlineRunner:
             next_obs, reward, terminated, truncated, info = self.env.step(actions)
         self.seconds["env"] += time.perf_counter() - t0
         self.env_errors += int(np.count_nonzero(info.get("_env_error", ())))
-        gamma, sac = self.cfg.sac.gamma, self.cfg.sac
+        sac = self.cfg.sac
         done = terminated | truncated
         for i in range(self.num_envs):
-            self.chunk_reward[i] += gamma ** self.chunk_steps[i] * training_reward(float(reward[i]), sac)
+            self.chunk_reward[i] += sac.gamma ** self.chunk_steps[i] * training_reward(float(reward[i]), sac)
             self.chunk_steps[i] += 1
             if terminated[i] or not self.queues[i]:
                 # a whole chunk, or one cut short by a true terminal; one cut by a time limit has no state H steps
