@@ -158,17 +158,18 @@ class OnlineRunner:
             next_obs, reward, terminated, truncated, info = self.env.step(actions)
         self.seconds["env"] += time.perf_counter() - t0
         self.env_errors += int(np.count_nonzero(info.get("_env_error", ())))
-        sac = self.cfg.sac
         done = terminated | truncated
-        for i in range(self.num_envs):
-            self.chunk_reward[i] += sac.gamma ** self.chunk_steps[i] * training_reward(float(reward[i]), sac)
-            self.chunk_steps[i] += 1
-            if terminated[i] or not self.queues[i]:
-                # a whole chunk, or one cut short by a true terminal; one cut by a time limit has no state H steps
-                # later and is dropped (pipeline.data.chunking applies the same rule to datasets)
-                self.sampler.online.add(*self.decisions[i], self.chunk_reward[i], next_obs[i], float(terminated[i]))
-            if done[i]:
-                self.queues[i] = []
+        self.chunk_reward += self.cfg.sac.gamma ** self.chunk_steps * training_reward(reward, self.cfg.sac)
+        self.chunk_steps += 1
+        # a whole chunk, or one cut short by a true terminal; one cut by a time limit has no state H steps later and
+        # is dropped (pipeline.data.chunking applies the same rule to datasets). One buffer write for all copies.
+        ended = np.flatnonzero(terminated | np.array([not q for q in self.queues]))
+        if ended.size:
+            self.sampler.online.add(np.stack([self.decisions[i][0] for i in ended]),
+                                    np.stack([self.decisions[i][1] for i in ended]),
+                                    self.chunk_reward[ended], next_obs[ended], terminated[ended])
+        for i in np.flatnonzero(done):
+            self.queues[i] = []
         self.ep_return += reward
         if "success" in info:  # robosuite reports it at every step; locomotion never, and logs no success column
             self.reports_success = True
