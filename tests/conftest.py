@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pipeline.config import CriticConfig, PolicyConfig, SACConfig
+from pipeline.metrics import read_csv_rows
 from pipeline.sac import Batch, SACAgent, SACUpdater, make_optimizers
 
 OBS_DIM, ACT_DIM = 3, 2
@@ -169,3 +170,8 @@ def run_killed_after_first_checkpoint(out: Path, overrides: list[str], timeout: 
             proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def logged_env_steps(path: Path) -> list[int]:
+    """The ``env_step`` of every row of a run's train.csv or eval.csv."""
+    return [int(row["env_step"]) for row in read_csv_rows(path)]

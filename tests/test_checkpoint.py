@@ -3,14 +3,13 @@ and resumed ends bit-identical to an uninterrupted one."""
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import random_batch, run_killed_after_first_checkpoint, tiny_agent
+from conftest import logged_env_steps, random_batch, run_killed_after_first_checkpoint, tiny_agent
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, previous_path, save_checkpoint
@@ -125,11 +124,6 @@ OVERRIDES = [
     "finetune.checkpoint_every=200", "finetune.learning_starts=100", "finetune.random_steps=100",
     "finetune.buffer_size=1000", "finetune.eval_episodes=1", "finetune.eval_every=300", "finetune.log_every=100",
 ]
-def env_steps(path: Path) -> list[str]:
-    with path.open() as f:
-        return [row["env_step"] for row in csv.DictReader(f)]
-
-
 # sync: the env in this process; async: in a worker process that steps while this one updates
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_killed_and_resumed_run_is_bit_identical(mode: str, tmp_path: Path) -> None:
@@ -156,4 +150,4 @@ def test_killed_and_resumed_run_is_bit_identical(mode: str, tmp_path: Path) -> N
     assert metrics["eval_deterministic_return_mean"] == ref["eval_deterministic_return_mean"]
     # the resumed logs hold every row once, as the uninterrupted run's do
     for name in ("train.csv", "eval.csv"):
-        assert env_steps(resumed / name) == env_steps(straight / name), name
+        assert logged_env_steps(resumed / name) == logged_env_steps(straight / name), name

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_killed_after_first_checkpoint
+from conftest import logged_env_steps, run_killed_after_first_checkpoint
 
+from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_csv_rows
 from pipeline.train import finetune
@@ -23,11 +24,7 @@ BASE = [
 
 
 def last_checkpoint(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-
-
-def logged_steps(run: Path, name: str) -> list[int]:
-    return [int(r["env_step"]) for r in read_csv_rows(run / name)]
+    return load_checkpoint(run_checkpoint(run))
 
 
 def test_copy_zero_replays_the_single_env_run_during_random_steps(tmp_path: Path) -> None:
@@ -55,8 +52,8 @@ def test_copies_count_steps_updates_episodes_and_logs_in_process_and_in_workers(
         assert metrics["env_steps"] == 201 and metrics["updates"] == 2 * (201 - 100), mode
         assert metrics["online_transitions"] == 201, mode
         # a log row (and an evaluation) at the first vector step reaching each multiple of its interval
-        assert logged_steps(tmp_path / mode, "train.csv") == [51, 102, 150, 201], mode
-        assert logged_steps(tmp_path / mode, "eval.csv") == [102, 201], mode
+        assert logged_env_steps(tmp_path / mode / "train.csv") == [51, 102, 150, 201], mode
+        assert logged_env_steps(tmp_path / mode / "eval.csv") == [102, 201], mode
         rows = read_csv_rows(tmp_path / mode / "train.csv")
         assert int(rows[-1]["episodes"]) == metrics["episodes"] > 3, mode  # random Hopper episodes are short
     # worker processes step the same copies from the same seeds: the same transitions until updates begin (the
@@ -87,7 +84,7 @@ def test_killed_run_on_copies_resumes_to_the_same_length_and_logs(tmp_path: Path
     kept = first["env_step"]
     assert torch.equal(a["buffer"]["data"]["obs"][:kept], b["buffer"]["data"]["obs"][:kept])
     for name in ("train.csv", "eval.csv"):
-        assert logged_steps(resumed, name) == logged_steps(straight, name), name
+        assert logged_env_steps(resumed / name) == logged_env_steps(straight / name), name
 
 
 @pytest.mark.parametrize("override, key", [("finetune.num_envs=0", "finetune.num_envs"),
