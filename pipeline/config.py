@@ -68,6 +68,9 @@ class PolicyConfig:
     # input: on the observations; crossq: where the public CrossQ actors have them (Gaussian: input and every
     # hidden layer; Flow-MLP / Flow-G: [s, a_i] at every step; Flow-T: s, a_i and in place of its LayerNorms)
     batch_renorm: Literal["none", "input", "crossq"] = "none"
+    # the squashing correction -sum log(1 - tanh(a_K)^2 + eps): floored (eps = 1e-6, the public code's; it stops
+    # charging for |a_K| past ~7) or exact (eps = 0)
+    tanh_jacobian: Literal["floored", "exact"] = "floored"
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`pipeline.policies.make_policy`: the options this kind accepts."""

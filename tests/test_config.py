@@ -178,4 +178,8 @@ def test_policy_kwargs_follow_the_kind() -> None:
     kwargs = cfg.policy.policy_kwargs()
     assert "noise_std" not in kwargs and kwargs["noise"] == "learned" and "d_model" not in kwargs
     gauss = load_config(overrides=["policy.kind=gaussian"]).policy.policy_kwargs()
-    assert set(gauss) == {"hidden", "layers", "batch_renorm"}
+    assert set(gauss) == {"hidden", "layers", "batch_renorm", "tanh_jacobian"}
+    exact = load_config(overrides=["policy.kind=flow_t", "policy.tanh_jacobian=exact"]).policy.policy_kwargs()
+    assert exact["tanh_jacobian"] == "exact"
+    with pytest.raises(ConfigError, match="tanh_jacobian"):
+        load_config(overrides=["policy.tanh_jacobian=unfloored"])

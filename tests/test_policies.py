@@ -18,6 +18,7 @@ from pipeline.policies import (
     SingleTokenAttention,
     make_policy,
 )
+from pipeline.policies.flow import tanh_log_det_jacobian
 from pipeline.policies.velocity import LOG_SIGMA_MAX, LOG_SIGMA_MIN
 
 OBS, ACT = 5, 3
@@ -111,6 +112,41 @@ def test_multi_step_log_prob_is_sum_of_recomputed_normal_terms(kind: str, noise:
         expected -= torch.log(1 - torch.tanh(r.path[-1]) ** 2 + 1e-6).sum(-1)
     assert r.path.shape == (5, 32, ACT) and r.means.shape == (4, 32, ACT)
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
+
+
+def test_tanh_jacobian_exact_and_floored() -> None:
+    """exact is log(sech² u) at every u; floored agrees until tanh saturates, then stops at log 1e-6 and goes flat."""
+    u = torch.linspace(-30.0, 30.0, 601).unsqueeze(-1).requires_grad_(True)  # [B, 1]
+    exact = tanh_log_det_jacobian(u, "exact")
+    floored = tanh_log_det_jacobian(u, "floored")
+    reference = -2.0 * torch.log(torch.cosh(u.detach().double())).squeeze(-1)  # log sech², no cancellation
+    torch.testing.assert_close(exact.double(), reference, atol=1e-4, rtol=1e-6)
+    moderate = u.detach().abs().squeeze(-1) < 2
+    torch.testing.assert_close(floored[moderate], exact[moderate], atol=1e-4, rtol=0)
+    assert floored.min() >= math.log(1e-6) - 1e-3 and exact.min() < -55
+    (grad_exact,) = torch.autograd.grad(exact.sum(), u)
+    (grad_floored,) = torch.autograd.grad(floored.sum(), u)
+    far = u.detach().abs().squeeze(-1) > 10
+    # d/du log sech² u = -2 tanh u: the exact term keeps charging for larger |u|; the floored one does not
+    torch.testing.assert_close(grad_exact[far].abs(), torch.full_like(grad_exact[far], 2.0))
+    assert grad_floored[far].abs().max() < 1e-3
+    with pytest.raises(ValueError, match="tanh_jacobian"):
+        tanh_log_det_jacobian(u, "unfloored")
+
+
+@pytest.mark.parametrize("kind", ["gaussian", *FLOW_KINDS])
+def test_tanh_jacobian_option_changes_only_the_squashing_term(kind: str) -> None:
+    """Same weights and noise: the two modes' log π differ by exactly the two tanh terms, and act alike."""
+    floored, exact = build(kind), build(kind, tanh_jacobian="exact")
+    exact.load_state_dict(floored.state_dict())
+    obs = obs_batch(64)
+    with torch.no_grad():
+        a_f, lp_f = floored.sample(obs, generator=torch.Generator().manual_seed(3))
+        a_e, lp_e = exact.sample(obs, generator=torch.Generator().manual_seed(3))
+        u = torch.atanh(a_f.double().clamp(-1 + 1e-12, 1 - 1e-12))
+        shift = tanh_log_det_jacobian(u, "floored") - tanh_log_det_jacobian(u, "exact")
+    assert torch.equal(a_f, a_e)
+    torch.testing.assert_close((lp_e - lp_f).double(), shift, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("noise", ["fixed", "learned"])
@@ -397,6 +433,8 @@ def test_unknown_kind_names_allowed_values() -> None:
         ("gaussian", {"log_std_min": 3.0}, "log_std_min"),
         ("flow_g", {"batch_renorm": "batch_renorm"}, "batch_renorm"),
         ("gaussian", {"batch_renorm": True}, "batch_renorm"),
+        ("flow_t", {"tanh_jacobian": "unfloored"}, "tanh_jacobian"),
+        ("gaussian", {"tanh_jacobian": None}, "tanh_jacobian"),
     ],
 )
 def test_bad_config_raises_naming_the_key(kind: str, cfg: dict, key: str) -> None:

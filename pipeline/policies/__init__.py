@@ -18,7 +18,14 @@ from typing import Any
 from torch import nn
 
 from pipeline.batch_renorm import BATCH_RENORM_MODES
-from pipeline.policies.flow import BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, FlowPolicy, FlowRollout
+from pipeline.policies.flow import (
+    BC_TARGETS,
+    LOG_PROB_MODES,
+    NOISE_MODES,
+    TANH_JACOBIAN_MODES,
+    FlowPolicy,
+    FlowRollout,
+)
 from pipeline.policies.gaussian import GaussianPolicy
 from pipeline.policies.velocity import FlowGVelocity, FlowMLPVelocity, FlowTVelocity, SingleTokenAttention
 
@@ -82,14 +89,18 @@ _MLP_NET: dict[str, tuple[Validator, Any]] = {
     "hidden": (_int_range(1, 65536), 256),
     "layers": (_int_range(1, 64), 2),
 }
-_BATCH_RENORM: dict[str, tuple[Validator, Any]] = {"batch_renorm": (_choice(BATCH_RENORM_MODES), "none")}
+# options every kind has
+_SHARED: dict[str, tuple[Validator, Any]] = {
+    "batch_renorm": (_choice(BATCH_RENORM_MODES), "none"),
+    "tanh_jacobian": (_choice(TANH_JACOBIAN_MODES), "floored"),
+}
 _OPTIONS: dict[str, dict[str, tuple[Validator, Any]]] = {
-    "gaussian": {**_MLP_NET, **_BATCH_RENORM, "log_std_min": (_float, -5.0), "log_std_max": (_float, 2.0)},
-    "flow_mlp": {**_FLOW_COMMON, **_MLP_NET, **_BATCH_RENORM},
-    "flow_g": {**_FLOW_COMMON, **_MLP_NET, **_BATCH_RENORM},
+    "gaussian": {**_MLP_NET, **_SHARED, "log_std_min": (_float, -5.0), "log_std_max": (_float, 2.0)},
+    "flow_mlp": {**_FLOW_COMMON, **_MLP_NET, **_SHARED},
+    "flow_g": {**_FLOW_COMMON, **_MLP_NET, **_SHARED},
     "flow_t": {
         **_FLOW_COMMON,
-        **_BATCH_RENORM,
+        **_SHARED,
         "d_model": (_int_range(1, 65536), 64),
         "n_layers": (_int_range(1, 64), 2),
         "n_heads": (_int_range(1, 1024), 4),
@@ -119,7 +130,8 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
     - ``gaussian``: ``log_std_min``, ``log_std_max``;
     - every kind: ``batch_renorm`` (``none`` | ``input``: BatchRenorm on the observation | ``crossq``: where the
       public CrossQ actors have it; see each policy's docstring), statistics moved only inside
-      :func:`pipeline.batch_renorm.batch_statistics`.
+      :func:`pipeline.batch_renorm.batch_statistics`; ``tanh_jacobian`` (``floored``: ``log(1 − tanh² + 1e-6)`` as in
+      the public code | ``exact``: without the ``1e-6``).
 
     An unknown kind or option, or a value out of range, raises ValueError naming it.
     """
@@ -174,6 +186,7 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         noise_std=opts["noise_std"],
         log_prob=opts["log_prob"],
         bc_target=opts["bc_target"],
+        tanh_jacobian=opts["tanh_jacobian"],
         # the observation layer: every kind's with "input"; with "crossq" Flow-T's only (Flow-MLP and Flow-G
         # normalize [s, a_i] inside the velocity net instead)
         obs_norm=opts["batch_renorm"] == "input" or (crossq and kind == "flow_t"),

@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.batch_renorm import ActorBatchRenorm
@@ -19,6 +20,7 @@ from pipeline.batch_renorm import ActorBatchRenorm
 NOISE_MODES = ("fixed", "learned")
 LOG_PROB_MODES = ("exact", "paper_code")
 BC_TARGETS = ("pretanh", "raw")
+TANH_JACOBIAN_MODES = ("floored", "exact")
 
 # Pre-tanh BC targets are atanh of actions clipped to ±(1 − ATANH_CLIP_EPS): a ±1 gripper command
 # then maps to ±6.1 instead of ±inf.
@@ -67,8 +69,18 @@ def _std_normal_log_prob(x: Tensor) -> Tensor:
     return -0.5 * x.square() - _LOG_SQRT_2PI
 
 
-def tanh_log_det_jacobian(pre_tanh: Tensor) -> Tensor:
-    """``Σ_d log(1 − tanh(u)_d² + 1e-6)`` for ``pre_tanh [B,A] -> [B]`` (subtracted from log π)."""
+def tanh_log_det_jacobian(pre_tanh: Tensor, mode: str = "floored") -> Tensor:
+    """``Σ_d log |d tanh(u)_d / du_d|`` for ``pre_tanh [B,A] -> [B]`` (subtracted from log π).
+
+    ``floored`` is the public code's ``log(1 − tanh(u)² + 1e-6)``: at least ``log 1e-6`` = −13.8 per dimension, and
+    flat (no gradient) once ``tanh`` saturates, so a policy that pushes ``|u|`` past ~7 pays no more for it. ``exact``
+    is ``log(1 − tanh(u)²)`` written as ``2(log 2 − u − softplus(−2u))``, finite for every ``u`` and falling by 2 per
+    unit of ``|u|`` without bound.
+    """
+    if mode == "exact":
+        return (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(dim=-1)
+    if mode != "floored":
+        raise ValueError(f"tanh_jacobian must be one of {TANH_JACOBIAN_MODES}, got {mode!r}")
     return torch.log(1.0 - torch.tanh(pre_tanh).square() + TANH_JACOBIAN_EPS).sum(dim=-1)
 
 
@@ -91,6 +103,9 @@ class FlowPolicy(nn.Module):
     ``log_prob="exact"`` (default) is the exact path log-likelihood of DESIGN.md §1.2::
 
         log N(a_0; 0, I) + Σ_i log N(a_{i+1}; a_i + Δt·v_i, σ_i² I) − Σ_d log(1 − tanh(a_K)_d² + 1e-6)
+
+    with the tanh term floored as in the public code (``tanh_jacobian="floored"``, the default) or without the
+    ``+1e-6`` (``tanh_jacobian="exact"``; :func:`tanh_log_det_jacobian`).
 
     ``log_prob="paper_code"`` reproduces the public from-scratch Flow-T actor
     (``from_scratch_code/SAC_flow_transformer_jax.py``, ``TransformerFlowActor``): noise on the
@@ -127,6 +142,7 @@ class FlowPolicy(nn.Module):
         log_prob: str = "exact",
         bc_target: str = "pretanh",
         obs_norm: bool = False,
+        tanh_jacobian: str = "floored",
     ) -> None:
         super().__init__()
         if noise not in NOISE_MODES:
@@ -135,6 +151,8 @@ class FlowPolicy(nn.Module):
             raise ValueError(f"log_prob must be one of {LOG_PROB_MODES}, got {log_prob!r}")
         if bc_target not in BC_TARGETS:
             raise ValueError(f"bc_target must be one of {BC_TARGETS}, got {bc_target!r}")
+        if tanh_jacobian not in TANH_JACOBIAN_MODES:
+            raise ValueError(f"tanh_jacobian must be one of {TANH_JACOBIAN_MODES}, got {tanh_jacobian!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 32:
             raise ValueError(f"steps must be an int in [1, 32], got {steps!r}")
         if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not 0 < noise_std < math.inf:
@@ -150,6 +168,7 @@ class FlowPolicy(nn.Module):
         self.noise_std = float(noise_std)
         self.log_prob_mode = log_prob
         self.bc_target = bc_target
+        self.tanh_jacobian = tanh_jacobian
 
     # ------------------------------------------------------------------ helpers
     def _check_obs(self, obs: Tensor) -> None:
@@ -224,7 +243,7 @@ class FlowPolicy(nn.Module):
             means.append(mean)
             stds.append(std)
             sigmas.append(sigma)
-        log_prob = log_prob - tanh_log_det_jacobian(a)
+        log_prob = log_prob - tanh_log_det_jacobian(a, self.tanh_jacobian)
         return FlowRollout(
             path=torch.stack(path),
             means=torch.stack(means),

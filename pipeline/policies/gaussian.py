@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.batch_renorm import BATCH_RENORM_MODES, ActorBatchRenorm
-from pipeline.policies.flow import atanh_target, tanh_log_det_jacobian
+from pipeline.policies.flow import TANH_JACOBIAN_MODES, atanh_target, tanh_log_det_jacobian
 from pipeline.policies.velocity import mlp
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -23,7 +23,8 @@ class GaussianPolicy(nn.Module):
     uniformity and ignored, because the Gaussian's noise scale is the learned σ(s).
 
     ``batch_renorm``: ``input`` reads the observation through an :class:`ActorBatchRenorm` layer; ``crossq`` also
-    puts one after every hidden layer, as CrossQ's actor does.
+    puts one after every hidden layer, as CrossQ's actor does. ``tanh_jacobian``: the squashing correction,
+    ``floored`` (``+1e-6`` inside the log, the default) or ``exact`` (:func:`tanh_log_det_jacobian`).
     """
 
     def __init__(
@@ -35,14 +36,18 @@ class GaussianPolicy(nn.Module):
         log_std_min: float = -5.0,
         log_std_max: float = 2.0,
         batch_renorm: str = "none",
+        tanh_jacobian: str = "floored",
     ) -> None:
         super().__init__()
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min ({log_std_min}) must be < log_std_max ({log_std_max})")
         if batch_renorm not in BATCH_RENORM_MODES:
             raise ValueError(f"batch_renorm must be one of {BATCH_RENORM_MODES}, got {batch_renorm!r}")
+        if tanh_jacobian not in TANH_JACOBIAN_MODES:
+            raise ValueError(f"tanh_jacobian must be one of {TANH_JACOBIAN_MODES}, got {tanh_jacobian!r}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
+        self.tanh_jacobian = tanh_jacobian
         crossq = batch_renorm == "crossq"
         self.obs_norm = ActorBatchRenorm(obs_dim) if batch_renorm != "none" else nn.Identity()
         self.trunk = mlp(obs_dim, hidden, layers - 1, hidden, nn.ReLU, norm=ActorBatchRenorm if crossq else None)
@@ -66,7 +71,7 @@ class GaussianPolicy(nn.Module):
         """``log π(tanh(u) | s)`` for pre-tanh ``u [B,A]`` -> ``[B]``."""
         z = (u - mean) / log_std.exp()
         gauss = (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
-        return gauss - tanh_log_det_jacobian(u)
+        return gauss - tanh_log_det_jacobian(u, self.tanh_jacobian)
 
     def sample(
         self, obs: Tensor, noise_std: float | None = None, generator: torch.Generator | None = None
