@@ -5,6 +5,8 @@
 - :class:`ActorBatchRenorm`: over ``x [B, F]``, running statistics unless a caller opens :func:`batch_statistics`
   on a module that contains it (the actor loss does): acting and critic targets read running statistics even while
   the agent trains.
+- :class:`PerStepActorBatchRenorm`: one :class:`ActorBatchRenorm` per step of a flow rollout, for the layer that
+  reads the action ``a_i``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-# Where an actor has BatchRenorm layers (``policy.batch_renorm``): none; on its observations only ("input"); or where
-# the public CrossQ actors have them ("crossq"; each policy's docstring says where that is).
-BATCH_RENORM_MODES = ("none", "input", "crossq")
+# Where an actor has BatchRenorm layers (``policy.batch_renorm``): none; on its observations only ("input"); where
+# the public CrossQ actors have them ("crossq"; each policy's docstring says where that is); or, for the flows,
+# "crossq" with the layer that reads a_i split into one layer per rollout step ("crossq_per_step").
+BATCH_RENORM_MODES = ("none", "input", "crossq", "crossq_per_step")
 
 
 class BatchRenorm(nn.Module):
@@ -83,6 +86,38 @@ class ActorBatchRenorm(BatchRenorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.reshape(1, -1, x.shape[-1])).reshape(x.shape)
+
+
+class PerStepActorBatchRenorm(nn.Module):
+    """One :class:`ActorBatchRenorm` of ``x [B, F]`` per step of a ``steps``-step flow rollout.
+
+    A layer shared by the steps pools ``a_0 ~ N(0, I)`` and the late, contracted ``a_i`` in its running statistics,
+    so when acting each step is normalized with statistics that are not its own (in the actor loss each step reads
+    its own batch's). The public CrossQ Flow-T actor has a separate action layer per step; this module gives any
+    flow that layout (``policy.batch_renorm: crossq_per_step``).
+    """
+
+    def __init__(self, features: int, steps: int, warmup: int = 100_000) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(ActorBatchRenorm(features, warmup=warmup) for _ in range(steps))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """``x [B, F]`` at rollout step ``step``, or, with ``step=None``, at times ``t [B, 1]`` in [0, 1] -> ``[B, F]``.
+
+        ``step=None`` serves flow matching, which draws ``t ~ U[0, 1]`` off the rollout's grid: each row reads the
+        running statistics of the step whose interval ``[i/K, (i+1)/K)`` holds its ``t``.
+        """
+        if step is not None:
+            return self.layers[step](x)
+        if any(layer.training for layer in self.layers):
+            raise RuntimeError("batch statistics need one rollout step per call: pass step=")
+        # each layer's running-statistics form, y = x * scale + shift, stacked over steps: [K, F]
+        scale = torch.stack([(m.weight / (m.running_var + m.eps).sqrt()).reshape(-1) for m in self.layers])
+        mean = torch.stack([m.running_mean.reshape(-1) for m in self.layers])
+        shift = torch.stack([m.bias.reshape(-1) for m in self.layers]) - mean * scale
+        k = len(self.layers)
+        index = (t.reshape(-1) * k).floor().clamp(0, k - 1).long()
+        return torch.addcmul(shift[index], x, scale[index])
 
 
 @contextmanager

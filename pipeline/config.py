@@ -66,8 +66,10 @@ class PolicyConfig:
     bc_target: Literal["pretanh", "raw"] = "pretanh"  # flow-matching target space for dataset actions
     # BatchRenorm layers in the actor, batch statistics in the actor loss and running ones everywhere else. none;
     # input: on the observations; crossq: where the public CrossQ actors have them (Gaussian: input and every
-    # hidden layer; Flow-MLP / Flow-G: [s, a_i] at every step; Flow-T: s, a_i and in place of its LayerNorms)
-    batch_renorm: Literal["none", "input", "crossq"] = "none"
+    # hidden layer; Flow-MLP / Flow-G: [s, a_i] at every step; Flow-T: s, a_i and in place of its LayerNorms);
+    # crossq_per_step (flows): crossq with one layer per rollout step for the input that holds a_i (the public
+    # Flow-T actor's action layer; Flow-MLP / Flow-G: their [s, a_i] layer)
+    batch_renorm: Literal["none", "input", "crossq", "crossq_per_step"] = "none"
     # the squashing correction -sum log(1 - tanh(a_K)^2 + eps): floored (eps = 1e-6, the public code's; it stops
     # charging for |a_K| past ~7) or exact (eps = 0)
     tanh_jacobian: Literal["floored", "exact"] = "floored"
@@ -278,6 +280,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'policy.d_model' = {cfg.policy.d_model} must be divisible by "
             f"'policy.n_heads' = {cfg.policy.n_heads}"
+        )
+    if cfg.policy.kind == "gaussian" and cfg.policy.batch_renorm == "crossq_per_step":
+        raise ConfigError(
+            "config key 'policy.batch_renorm' = 'crossq_per_step' needs a flow policy (its layers are per rollout "
+            "step); policy.kind = 'gaussian' has no rollout: use 'crossq'"
         )
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     if cfg.sac.update_mode != "eager" and (world > 1 or cfg.trainer.strategy == "ddp"):

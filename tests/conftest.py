@@ -55,12 +55,13 @@ def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch
     return Batch(**cols)
 
 
-def crossq_updates(mode: str, updates: int, batch: int = 16,
-                   device: torch.device | str = "cpu") -> tuple[SACUpdater, list[dict[str, float]]]:
+def crossq_updates(mode: str, updates: int, batch: int = 16, device: torch.device | str = "cpu",
+                   batch_renorm: str = "crossq") -> tuple[SACUpdater, list[dict[str, float]]]:
     """``updates`` SAC updates, in update mode ``mode``, of a tiny Flow-T agent on the from-scratch presets'
     backbone (CrossQ critic, actor every 2nd update) with CrossQ's actor BatchRenorm layers (on the observation,
-    on a_i at every step, in the decoder); the updater and each update's info."""
-    agent = tiny_agent({"kind": "flow_t", "batch_renorm": "crossq"}, {"kind": "crossq"}, update_mode=mode,
+    on a_i at every step, in the decoder; ``batch_renorm``: their policy setting); the updater and each update's
+    info."""
+    agent = tiny_agent({"kind": "flow_t", "batch_renorm": batch_renorm}, {"kind": "crossq"}, update_mode=mode,
                        policy_delay=2).to(device)
     updater = SACUpdater(agent, make_optimizers(agent))
     torch.manual_seed(5)

@@ -183,3 +183,7 @@ def test_policy_kwargs_follow_the_kind() -> None:
     assert exact["tanh_jacobian"] == "exact"
     with pytest.raises(ConfigError, match="tanh_jacobian"):
         load_config(overrides=["policy.tanh_jacobian=unfloored"])
+    per_step = load_config(overrides=["policy.kind=flow_g", "policy.batch_renorm=crossq_per_step"])
+    assert per_step.policy.policy_kwargs()["batch_renorm"] == "crossq_per_step"
+    with pytest.raises(ConfigError, match="'policy.batch_renorm' = 'crossq_per_step' needs a flow policy"):
+        load_config(overrides=["policy.kind=gaussian", "policy.batch_renorm=crossq_per_step"])

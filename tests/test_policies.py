@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 from torch.distributions.transforms import TanhTransform
 
+from pipeline.batch_renorm import PerStepActorBatchRenorm, batch_statistics
 from pipeline.policies import (
     POLICY_KINDS,
     FlowGVelocity,
@@ -433,6 +434,7 @@ def test_unknown_kind_names_allowed_values() -> None:
         ("gaussian", {"log_std_min": 3.0}, "log_std_min"),
         ("flow_g", {"batch_renorm": "batch_renorm"}, "batch_renorm"),
         ("gaussian", {"batch_renorm": True}, "batch_renorm"),
+        ("gaussian", {"batch_renorm": "crossq_per_step"}, "batch_renorm"),
         ("flow_t", {"tanh_jacobian": "unfloored"}, "tanh_jacobian"),
         ("gaussian", {"tanh_jacobian": None}, "tanh_jacobian"),
     ],
@@ -459,3 +461,33 @@ def test_bad_call_arguments() -> None:
         FlowPolicy(FlowTVelocity(OBS, ACT, d_model=16, learned_noise=True), noise="fixed")
     with pytest.raises(ValueError, match="steps"):
         FlowPolicy(FlowTVelocity(OBS, ACT, d_model=16), steps=0)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_per_step_batch_renorm_gives_each_rollout_step_its_own_layer(kind: str) -> None:
+    policy = flow(kind, batch_renorm="crossq_per_step", steps=3)
+    norm = next(m for m in policy.modules() if isinstance(m, PerStepActorBatchRenorm))
+    obs = obs_batch(64) * 2 + 1
+    eps = torch.randn(4, 64, ACT, generator=torch.Generator().manual_seed(2))
+    with batch_statistics(policy):  # the actor loss's mode: each step's layer moves towards its own input
+        path = policy.rollout(obs, eps=eps).path.detach()
+    for i, layer in enumerate(norm.layers):
+        seen = path[i] if kind == "flow_t" else torch.cat([obs, path[i]], dim=-1)  # Flow-T's layer reads a_i only
+        torch.testing.assert_close(layer.running_mean.flatten(), 0.01 * seen.mean(0))
+        assert int(layer.steps) == 1
+    # off the grid (flow matching's t ~ U[0, 1]) each row reads the running statistics of its t's step
+    x = torch.randn(4, norm.layers[0].weight.shape[-1])
+    t = torch.tensor([[0.0], [0.5], [0.99], [1.0]])
+    with torch.no_grad():
+        expected = torch.stack([norm.layers[i](x[r : r + 1])[0] for r, i in enumerate((0, 1, 2, 2))])
+        torch.testing.assert_close(norm(x, t), expected)
+        assert not torch.allclose(norm.layers[0](x), norm.layers[1](x))
+    with batch_statistics(policy), pytest.raises(RuntimeError, match="step="):
+        norm(x, t)
+    assert torch.isfinite(policy.bc_loss(obs, torch.rand(64, ACT) * 2 - 1))
+
+
+def test_per_step_batch_renorm_must_match_the_rollout_length() -> None:
+    velocity = FlowTVelocity(OBS, ACT, d_model=16, batch_renorm=True, renorm_steps=4)
+    with pytest.raises(ValueError, match="per-step BatchRenorm layers for 4 steps"):
+        FlowPolicy(velocity, steps=3)

@@ -363,6 +363,9 @@ ACTOR_NORM_STEPS = {
     ("flow_g", "input"): [1], ("flow_g", "crossq"): [4],
     # a_i, the decoder layer's three in place of its LayerNorms, then the policy's observation layer
     ("flow_t", "input"): [1], ("flow_t", "crossq"): [4, 4, 4, 4, 1],
+    # crossq_per_step: the layer that reads a_i becomes one layer per step, each moved once
+    ("flow_mlp", "crossq_per_step"): [1, 1, 1, 1], ("flow_g", "crossq_per_step"): [1, 1, 1, 1],
+    ("flow_t", "crossq_per_step"): [1, 1, 1, 1, 4, 4, 4, 1],
 }
 
 
@@ -373,7 +376,7 @@ def test_actor_batch_renorm_moves_only_in_the_actor_loss(kind: str, mode: str) -
     agent = tiny_agent({"kind": kind, "batch_renorm": mode}, {"kind": "crossq"}, policy_delay=2)
     norms = [m for m in agent.eval().train().actor.modules() if isinstance(m, ActorBatchRenorm)]
     assert len(norms) == len(ACTOR_NORM_STEPS[kind, mode]) and not any(n.training for n in norms)
-    if mode == "crossq" and kind == "flow_t":
+    if mode.startswith("crossq") and kind == "flow_t":
         assert not any(isinstance(m, nn.LayerNorm) for m in agent.actor.modules())
     updater = SACUpdater(agent, make_optimizers(agent))
     batch = random_batch(16, obs=torch.randn(16, OBS_DIM) * 5 + 3)

@@ -101,13 +101,14 @@ def test_compiled_updates_match_eager() -> None:
 
 @pytest.mark.slow  # compiles both steps: ~2 min on two CPU cores
 @pytest.mark.usefixtures("inductor_eager_random")
-def test_compiled_crossq_updates_match_eager() -> None:
+@pytest.mark.parametrize("batch_renorm", ["crossq", "crossq_per_step"])
+def test_compiled_crossq_updates_match_eager(batch_renorm: str) -> None:
     # The from-scratch presets' backbone, with a policy delay and CrossQ's actor layers: losses (actor_q reads
     # the biases that feed batch-renorm layers, see assert_same_losses_and_statistics) and running statistics agree
     torch.compiler.reset()
-    eager = crossq_updates("eager", 4)
+    eager = crossq_updates("eager", 4, batch_renorm=batch_renorm)
     torch.compiler.reset()
-    compiled = crossq_updates("compile", 4)
+    compiled = crossq_updates("compile", 4, batch_renorm=batch_renorm)
     assert ["actor_loss" in info for info in eager[1]] == [False, True, False, True]
     assert_same_losses_and_statistics(eager, compiled, ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"),
                                       rtol=1e-4)

@@ -26,7 +26,7 @@ from pipeline.policies.flow import (
     FlowPolicy,
     FlowRollout,
 )
-from pipeline.policies.gaussian import GaussianPolicy
+from pipeline.policies.gaussian import GAUSSIAN_BATCH_RENORM_MODES, GaussianPolicy
 from pipeline.policies.velocity import FlowGVelocity, FlowMLPVelocity, FlowTVelocity, SingleTokenAttention
 
 __all__ = [
@@ -95,7 +95,13 @@ _SHARED: dict[str, tuple[Validator, Any]] = {
     "tanh_jacobian": (_choice(TANH_JACOBIAN_MODES), "floored"),
 }
 _OPTIONS: dict[str, dict[str, tuple[Validator, Any]]] = {
-    "gaussian": {**_MLP_NET, **_SHARED, "log_std_min": (_float, -5.0), "log_std_max": (_float, 2.0)},
+    "gaussian": {
+        **_MLP_NET,
+        **_SHARED,
+        "batch_renorm": (_choice(GAUSSIAN_BATCH_RENORM_MODES), "none"),
+        "log_std_min": (_float, -5.0),
+        "log_std_max": (_float, 2.0),
+    },
     "flow_mlp": {**_FLOW_COMMON, **_MLP_NET, **_SHARED},
     "flow_g": {**_FLOW_COMMON, **_MLP_NET, **_SHARED},
     "flow_t": {
@@ -129,7 +135,8 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
       (``post`` | ``pre``);
     - ``gaussian``: ``log_std_min``, ``log_std_max``;
     - every kind: ``batch_renorm`` (``none`` | ``input``: BatchRenorm on the observation | ``crossq``: where the
-      public CrossQ actors have it; see each policy's docstring), statistics moved only inside
+      public CrossQ actors have it; see each policy's docstring | ``crossq_per_step``, flow kinds: ``crossq`` with
+      one layer per rollout step for the input that holds ``a_i``), statistics moved only inside
       :func:`pipeline.batch_renorm.batch_statistics`; ``tanh_jacobian`` (``floored``: ``log(1 − tanh² + 1e-6)`` as in
       the public code | ``exact``: without the ``1e-6``).
 
@@ -154,16 +161,18 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         return GaussianPolicy(obs_dim, act_dim, **opts)
 
     learned = opts["noise"] == "learned"
-    crossq = opts["batch_renorm"] == "crossq"
+    crossq = opts["batch_renorm"] in ("crossq", "crossq_per_step")
+    # per-step layers for the input that holds a_i, one per rollout step
+    renorm_steps = opts["steps"] if opts["batch_renorm"] == "crossq_per_step" else None
     if learned and "noise_std" in cfg:
         raise ValueError("policy option 'noise_std' is only valid with noise='fixed' (noise='learned' was given)")
     velocity: nn.Module
     if kind == "flow_mlp":
         velocity = FlowMLPVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
-                                   batch_renorm=crossq)
+                                   batch_renorm=crossq, renorm_steps=renorm_steps)
     elif kind == "flow_g":
         velocity = FlowGVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
-                                 batch_renorm=crossq)
+                                 batch_renorm=crossq, renorm_steps=renorm_steps)
     else:
         if opts["d_model"] % opts["n_heads"] != 0:
             raise ValueError(
@@ -178,6 +187,7 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
             norm=opts["norm"],
             learned_noise=learned,
             batch_renorm=crossq,
+            renorm_steps=renorm_steps,
         )
     return FlowPolicy(
         velocity,
@@ -187,7 +197,7 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         log_prob=opts["log_prob"],
         bc_target=opts["bc_target"],
         tanh_jacobian=opts["tanh_jacobian"],
-        # the observation layer: every kind's with "input"; with "crossq" Flow-T's only (Flow-MLP and Flow-G
+        # the observation layer: every kind's with "input"; with "crossq*" Flow-T's only (Flow-MLP and Flow-G
         # normalize [s, a_i] inside the velocity net instead)
         obs_norm=opts["batch_renorm"] == "input" or (crossq and kind == "flow_t"),
     )

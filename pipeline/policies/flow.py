@@ -157,6 +157,9 @@ class FlowPolicy(nn.Module):
             raise ValueError(f"steps must be an int in [1, 32], got {steps!r}")
         if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not 0 < noise_std < math.inf:
             raise ValueError(f"noise_std must be a finite float > 0, got {noise_std!r}")
+        if getattr(velocity, "renorm_steps", None) not in (None, steps):
+            raise ValueError(f"the velocity net has per-step BatchRenorm layers for {velocity.renorm_steps} steps, "
+                             f"the policy rolls out {steps}")
         if getattr(velocity, "learned_noise", None) != (noise == "learned"):
             raise ValueError(f"noise={noise!r} needs a velocity net built with learned_noise={noise == 'learned'}")
         self.velocity = velocity
@@ -225,7 +228,7 @@ class FlowPolicy(nn.Module):
         log_prob = _std_normal_log_prob(a).sum(dim=-1)
         for i in range(k):
             t = torch.full((batch, 1), i * dt, dtype=obs.dtype, device=obs.device)
-            v, log_sigma = self.velocity(context, a, t)
+            v, log_sigma = self.velocity(context, a, t, step=i)
             if log_sigma is None:
                 log_sigma = torch.full_like(v, math.log(sigma_fixed))
             sigma = log_sigma.exp()

@@ -12,6 +12,8 @@ from pipeline.policies.flow import TANH_JACOBIAN_MODES, atanh_target, tanh_log_d
 from pipeline.policies.velocity import mlp
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# policy.batch_renorm for the Gaussian: every mode but the flows' per-step one (it has no rollout)
+GAUSSIAN_BATCH_RENORM_MODES = tuple(mode for mode in BATCH_RENORM_MODES if mode != "crossq_per_step")
 
 
 class GaussianPolicy(nn.Module):
@@ -41,8 +43,8 @@ class GaussianPolicy(nn.Module):
         super().__init__()
         if not log_std_min < log_std_max:
             raise ValueError(f"log_std_min ({log_std_min}) must be < log_std_max ({log_std_max})")
-        if batch_renorm not in BATCH_RENORM_MODES:
-            raise ValueError(f"batch_renorm must be one of {BATCH_RENORM_MODES}, got {batch_renorm!r}")
+        if batch_renorm not in GAUSSIAN_BATCH_RENORM_MODES:
+            raise ValueError(f"batch_renorm must be one of {GAUSSIAN_BATCH_RENORM_MODES}, got {batch_renorm!r}")
         if tanh_jacobian not in TANH_JACOBIAN_MODES:
             raise ValueError(f"tanh_jacobian must be one of {TANH_JACOBIAN_MODES}, got {tanh_jacobian!r}")
         self.obs_dim, self.act_dim = obs_dim, act_dim

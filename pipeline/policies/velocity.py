@@ -5,9 +5,11 @@ Every net has the same two-call interface used by :class:`pipeline.policies.flow
 - ``encode(obs [B,S]) -> context``: whatever depends on the state only. It is computed once per
   rollout and reused at every Euler step (for Flow-T this is the state encoder and the
   cross-attention output; for the MLP nets it is the observation itself).
-- ``forward(context, a [B,A], t [B,1]) -> (v [B,A], log_sigma [B,A] | None)``: the velocity at
-  ``(t, a, s)`` and, when the net was built with ``learned_noise=True``, the per-(state, action,
-  step) log noise scale, squashed into ``[LOG_SIGMA_MIN, LOG_SIGMA_MAX]`` with ``tanh``.
+- ``forward(context, a [B,A], t [B,1], step=None) -> (v [B,A], log_sigma [B,A] | None)``: the
+  velocity at ``(t, a, s)`` and, when the net was built with ``learned_noise=True``, the per-(state,
+  action, step) log noise scale, squashed into ``[LOG_SIGMA_MIN, LOG_SIGMA_MAX]`` with ``tanh``.
+  A rollout passes its step index ``step``; only nets with per-step BatchRenorm layers
+  (``renorm_steps``) read it, and they fall back to ``t`` when it is None (flow matching).
 
 The nets contain no data-dependent Python control flow, so a rollout built on them traces under
 ``torch.compile(fullgraph=True)`` and runs on whatever device the parameters live on.
@@ -20,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from pipeline.batch_renorm import ActorBatchRenorm
+from pipeline.batch_renorm import ActorBatchRenorm, PerStepActorBatchRenorm
 
 # Range of the learned log noise scale; the public from-scratch code uses the same bounds.
 LOG_SIGMA_MIN = -5.0
@@ -52,27 +54,43 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: type[nn
     return nn.Sequential(*modules)
 
 
-def state_action_norm(obs_dim: int, act_dim: int, batch_renorm: bool) -> nn.Module:
-    """The public CrossQ flow actors' BatchRenorm of ``[s, a_i]`` at every step (one layer shared by the steps), or
+def action_input_norm(features: int, batch_renorm: bool, renorm_steps: int | None) -> nn.Module:
+    """The BatchRenorm layer a flow applies to an input that contains ``a_i``: one layer shared by the steps (the
+    public CrossQ Flow-MLP and Flow-G actors), one per step of a ``renorm_steps``-step rollout (the public Flow-T
+    actor's action layer), or the identity. Call it through :func:`apply_action_norm`."""
+    if not batch_renorm:
+        return nn.Identity()
+    return ActorBatchRenorm(features) if renorm_steps is None else PerStepActorBatchRenorm(features, renorm_steps)
+
+
+def apply_action_norm(norm: nn.Module, x: Tensor, t: Tensor, step: int | None) -> Tensor:
+    """``x [B,F]`` through a layer from :func:`action_input_norm`; only a per-step layer reads ``t [B,1]`` and
+    ``step``."""
+    return norm(x, t, step) if isinstance(norm, PerStepActorBatchRenorm) else norm(x)
+
+
+def state_action_norm(obs_dim: int, act_dim: int, batch_renorm: bool, renorm_steps: int | None) -> nn.Module:
+    """The public CrossQ flow actors' BatchRenorm of ``[s, a_i]`` at every step (see :func:`action_input_norm`), or
     the identity. The time input stays out: it is one value per batch at each step, so batch statistics would
     normalize it to zero in the actor loss."""
-    return ActorBatchRenorm(obs_dim + act_dim) if batch_renorm else nn.Identity()
+    return action_input_norm(obs_dim + act_dim, batch_renorm, renorm_steps)
 
 
 class FlowMLPVelocity(nn.Module):
     """Flow-MLP: ``v = MLP([s, a_i, t_i])`` — the unstable baseline of the paper.
 
-    A shared ReLU trunk feeds a velocity head and, with ``learned_noise``, a ``log σ`` head. ``batch_renorm``: see
-    :func:`state_action_norm`.
+    A shared ReLU trunk feeds a velocity head and, with ``learned_noise``, a ``log σ`` head. ``batch_renorm`` and
+    ``renorm_steps``: see :func:`state_action_norm`.
     """
 
     def __init__(
         self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False,
-        batch_renorm: bool = False,
+        batch_renorm: bool = False, renorm_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
-        self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm)
+        self.renorm_steps = renorm_steps if batch_renorm else None
+        self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         self.trunk = mlp(obs_dim + act_dim + 1, hidden, layers - 1, hidden, nn.ReLU)
         self.v_head = nn.Linear(hidden, act_dim)
         self.log_sigma_head = nn.Linear(hidden, act_dim) if learned_noise else None
@@ -81,9 +99,10 @@ class FlowMLPVelocity(nn.Module):
         """The context is the raw observation ``[B,S]``."""
         return obs
 
-    def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, context: Tensor, a: Tensor, t: Tensor, step: int | None = None) -> tuple[Tensor, Tensor | None]:
         """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        h = torch.relu(self.trunk(torch.cat([self.in_norm(torch.cat([context, a], dim=-1)), t], dim=-1)))
+        x = apply_action_norm(self.in_norm, torch.cat([context, a], dim=-1), t, step)
+        h = torch.relu(self.trunk(torch.cat([x, t], dim=-1)))
         v = self.v_head(h)
         if self.log_sigma_head is None:
             return v, None
@@ -97,19 +116,20 @@ class FlowGVelocity(nn.Module):
     whenever ``Δt·z ≤ 1``, which keeps the Jacobian ``∂a_{i+1}/∂a_i`` bounded. G's last layer starts
     with zero weights and bias 5 (as in the public code), so the gate is ≈ 0.993 for every input at
     initialisation and the flow starts as a plain ``v = h̃ − a`` relaxation.
-    With ``learned_noise`` a third SiLU MLP of the same input gives ``log σ``. ``batch_renorm``: see
-    :func:`state_action_norm`.
+    With ``learned_noise`` a third SiLU MLP of the same input gives ``log σ``. ``batch_renorm`` and
+    ``renorm_steps``: see :func:`state_action_norm`.
     """
 
     GATE_INIT_BIAS = 5.0
 
     def __init__(
         self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False,
-        batch_renorm: bool = False,
+        batch_renorm: bool = False, renorm_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
-        self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm)
+        self.renorm_steps = renorm_steps if batch_renorm else None
+        self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         in_dim = obs_dim + act_dim + 1
         self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
         self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
@@ -123,16 +143,16 @@ class FlowGVelocity(nn.Module):
         """The context is the raw observation ``[B,S]``."""
         return obs
 
-    def gate_value(self, context: Tensor, a: Tensor, t: Tensor) -> Tensor:
+    def gate_value(self, context: Tensor, a: Tensor, t: Tensor, step: int | None = None) -> Tensor:
         """The gate ``z = σ(G([s, a, t])) [B,A]`` (exposed for diagnostics and tests)."""
-        return torch.sigmoid(self.gate(self._input(context, a, t)))
+        return torch.sigmoid(self.gate(self._input(context, a, t, step)))
 
-    def _input(self, context: Tensor, a: Tensor, t: Tensor) -> Tensor:
-        return torch.cat([self.in_norm(torch.cat([context, a], dim=-1)), t], dim=-1)
+    def _input(self, context: Tensor, a: Tensor, t: Tensor, step: int | None) -> Tensor:
+        return torch.cat([apply_action_norm(self.in_norm, torch.cat([context, a], dim=-1), t, step), t], dim=-1)
 
-    def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, context: Tensor, a: Tensor, t: Tensor, step: int | None = None) -> tuple[Tensor, Tensor | None]:
         """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        x = self._input(context, a, t)
+        x = self._input(context, a, t, step)
         v = torch.sigmoid(self.gate(x)) * (self.candidate(x) - a)
         if self.log_sigma_net is None:
             return v, None
@@ -220,8 +240,8 @@ class FlowTVelocity(nn.Module):
 
     ``batch_renorm`` follows the public CrossQ Flow-T actor: BatchRenorm on ``a_i`` before the action
     embedding and in place of every LayerNorm (its layer on the observation is the policy's, see
-    :class:`pipeline.policies.flow.FlowPolicy`). The public code has a separate action layer per step; here
-    one layer serves every step (and the flow-matching loss's continuous ``t``), as its decoder layers do.
+    :class:`pipeline.policies.flow.FlowPolicy`). The action layer serves every step, as the decoder's layers do,
+    unless ``renorm_steps`` gives it one layer per step, as the public code has (see :func:`action_input_norm`).
     """
 
     def __init__(
@@ -234,12 +254,14 @@ class FlowTVelocity(nn.Module):
         norm: str = "post",
         learned_noise: bool = False,
         batch_renorm: bool = False,
+        renorm_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.d_model = d_model
         half, quarter = max(d_model // 2, 1), max(d_model // 4, 1)
-        self.action_norm = ActorBatchRenorm(act_dim) if batch_renorm else nn.Identity()
+        self.renorm_steps = renorm_steps if batch_renorm else None
+        self.action_norm = action_input_norm(act_dim, batch_renorm, renorm_steps)
         self.state_encoder = nn.Sequential(nn.Linear(obs_dim, half), nn.SiLU(), nn.Linear(half, d_model))
         self.action_embed = nn.Linear(act_dim, d_model)
         self.time_embed = nn.Sequential(
@@ -256,9 +278,9 @@ class FlowTVelocity(nn.Module):
         c = self.state_encoder(obs)
         return torch.stack([layer.cross(c) for layer in self.layers])
 
-    def forward(self, context: Tensor, a: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, context: Tensor, a: Tensor, t: Tensor, step: int | None = None) -> tuple[Tensor, Tensor | None]:
         """``context [L,B,d] (from encode), a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        x = self.action_embed(self.action_norm(a)) + self.time_embed(t)
+        x = self.action_embed(apply_action_norm(self.action_norm, a, t, step)) + self.time_embed(t)
         for i, layer in enumerate(self.layers):
             x = layer(x, context[i])
         x = self.final_norm(x)
