@@ -91,10 +91,11 @@ class ActorBatchRenorm(BatchRenorm):
 class PerStepActorBatchRenorm(nn.Module):
     """One :class:`ActorBatchRenorm` of ``x [B, F]`` per step of a ``steps``-step flow rollout.
 
-    A layer shared by the steps pools ``a_0 ~ N(0, I)`` and the late, contracted ``a_i`` in its running statistics,
-    so when acting each step is normalized with statistics that are not its own (in the actor loss each step reads
-    its own batch's). The public CrossQ Flow-T actor has a separate action layer per step; this module gives any
-    flow that layout (``policy.batch_renorm: crossq_per_step``).
+    A layer shared by the steps pools ``a_0 ~ N(0, I)`` and the later ``a_i``, whose scale the flow sets (up to 7x
+    apart in docs/results.md's runs), in its running statistics, so when acting each step is normalized with
+    statistics that are not its own (in the actor loss each step reads its own batch's). The public CrossQ Flow-T
+    actor has a separate action layer per step; this module gives any flow that layout
+    (``policy.batch_renorm: crossq_per_step``).
     """
 
     def __init__(self, features: int, steps: int, warmup: int = 100_000) -> None:
