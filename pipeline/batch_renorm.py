@@ -41,12 +41,17 @@ class BatchRenorm(nn.Module):
         self.register_buffer("running_var", torch.ones(n, 1, features))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
+    def running_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer with running statistics as ``y = x * scale + shift``: ``(scale, shift)``, each ``[n, 1, h]``."""
+        scale = self.weight / (self.running_var + self.eps).sqrt()
+        return scale, self.bias - self.running_mean * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # y = (x - mean) / std * r + d, then * weight + bias, folded into one per-feature scale and shift so the
         # [n, B, h] activations see one fused multiply-add instead of four elementwise passes (forward and backward)
         if not self.training:
-            scale = self.weight / (self.running_var + self.eps).sqrt()
-            return torch.addcmul(self.bias - self.running_mean * scale, x, scale)
+            scale, shift = self.running_affine()
+            return torch.addcmul(shift, x, scale)
         mean = x.mean(dim=1, keepdim=True)
         centered = x - mean
         # two passes, not Tensor.var: on the CPU its kernel for this middle-dim reduction is ~9x slower
@@ -112,10 +117,9 @@ class PerStepActorBatchRenorm(nn.Module):
             return self.layers[step](x)
         if any(layer.training for layer in self.layers):
             raise RuntimeError("batch statistics need one rollout step per call: pass step=")
-        # each layer's running-statistics form, y = x * scale + shift, stacked over steps: [K, F]
-        scale = torch.stack([(m.weight / (m.running_var + m.eps).sqrt()).reshape(-1) for m in self.layers])
-        mean = torch.stack([m.running_mean.reshape(-1) for m in self.layers])
-        shift = torch.stack([m.bias.reshape(-1) for m in self.layers]) - mean * scale
+        affine = [layer.running_affine() for layer in self.layers]
+        scale = torch.stack([scale.reshape(-1) for scale, _ in affine])  # [K, F]
+        shift = torch.stack([shift.reshape(-1) for _, shift in affine])
         k = len(self.layers)
         index = (t.reshape(-1) * k).floor().clamp(0, k - 1).long()
         return torch.addcmul(shift[index], x, scale[index])
