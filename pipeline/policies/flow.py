@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.batch_renorm import ActorBatchRenorm
+from pipeline.batch_renorm import ActorBatchRenorm, PerStepActorBatchRenorm
 
 NOISE_MODES = ("fixed", "learned")
 LOG_PROB_MODES = ("exact", "paper_code")
@@ -157,9 +157,10 @@ class FlowPolicy(nn.Module):
             raise ValueError(f"steps must be an int in [1, 32], got {steps!r}")
         if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not 0 < noise_std < math.inf:
             raise ValueError(f"noise_std must be a finite float > 0, got {noise_std!r}")
-        if getattr(velocity, "renorm_steps", None) not in (None, steps):
-            raise ValueError(f"the velocity net has per-step BatchRenorm layers for {velocity.renorm_steps} steps, "
-                             f"the policy rolls out {steps}")
+        for layer in velocity.modules():
+            if isinstance(layer, PerStepActorBatchRenorm) and len(layer.layers) != steps:
+                raise ValueError(f"the velocity net has per-step BatchRenorm layers for {len(layer.layers)} steps, "
+                                 f"the policy rolls out {steps}")
         if getattr(velocity, "learned_noise", None) != (noise == "learned"):
             raise ValueError(f"noise={noise!r} needs a velocity net built with learned_noise={noise == 'learned'}")
         self.velocity = velocity

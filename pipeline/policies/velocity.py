@@ -9,7 +9,7 @@ Every net has the same two-call interface used by :class:`pipeline.policies.flow
   velocity at ``(t, a, s)`` and, when the net was built with ``learned_noise=True``, the per-(state,
   action, step) log noise scale, squashed into ``[LOG_SIGMA_MIN, LOG_SIGMA_MAX]`` with ``tanh``.
   A rollout passes its step index ``step``; only nets with per-step BatchRenorm layers
-  (``renorm_steps``) read it, and they fall back to ``t`` when it is None (flow matching).
+  (built with ``renorm_steps``) read it, and they fall back to ``t`` when it is None (flow matching).
 
 The nets contain no data-dependent Python control flow, so a rollout built on them traces under
 ``torch.compile(fullgraph=True)`` and runs on whatever device the parameters live on.
@@ -89,7 +89,6 @@ class FlowMLPVelocity(nn.Module):
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
-        self.renorm_steps = renorm_steps if batch_renorm else None
         self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         self.trunk = mlp(obs_dim + act_dim + 1, hidden, layers - 1, hidden, nn.ReLU)
         self.v_head = nn.Linear(hidden, act_dim)
@@ -128,7 +127,6 @@ class FlowGVelocity(nn.Module):
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
-        self.renorm_steps = renorm_steps if batch_renorm else None
         self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         in_dim = obs_dim + act_dim + 1
         self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
@@ -260,7 +258,6 @@ class FlowTVelocity(nn.Module):
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.d_model = d_model
         half, quarter = max(d_model // 2, 1), max(d_model // 4, 1)
-        self.renorm_steps = renorm_steps if batch_renorm else None
         self.action_norm = action_input_norm(act_dim, batch_renorm, renorm_steps)
         self.state_encoder = nn.Sequential(nn.Linear(obs_dim, half), nn.SiLU(), nn.Linear(half, d_model))
         self.action_embed = nn.Linear(act_dim, d_model)
