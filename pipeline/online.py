@@ -30,8 +30,8 @@ from pipeline.sac import SACAgent, SACUpdater, training_reward
 PHASES = ("env", "act", "update", "eval")
 TRAIN_COLUMNS = [
     "env_step", "updates", "episodes", "episode_return", "episode_success", "alpha", "entropy", "action_saturation",
-    "actor_loss", "critic_loss", "q_mean", "actor_q", "bc_mse", "actor_grad_norm", "critic_grad_norm", "updates_per_s",
-    "env_steps_per_s", "skipped_updates", "env_errors", *(f"{phase}_share" for phase in PHASES),
+    "log_sigma", "actor_loss", "critic_loss", "q_mean", "actor_q", "bc_mse", "actor_grad_norm", "critic_grad_norm",
+    "updates_per_s", "env_steps_per_s", "skipped_updates", "env_errors", *(f"{phase}_share" for phase in PHASES),
 ]
 EVAL_COLUMNS = ["env_step", "mode", "return_mean", "return_std", "success_rate", "length_mean", "episodes"]
 

@@ -138,9 +138,10 @@ def _actor_loss(agent: SACAgent, batch: Batch, bc_weight: float, q_weight: float
         loss = loss + flow_weight * flow
         info["flow_loss"] = flow.detach()
     if q_weight > 0 or bc_weight > 0:
-        actions, log_prob = agent.actor.sample(obs, noise_std=agent.actor_noise_std)
+        actions, log_prob, log_sigma = agent.actor.sample_with_log_sigma(obs, noise_std=agent.actor_noise_std)
         info.update(log_prob=log_prob.detach().mean(), entropy=-log_prob.detach().mean(),
-                    action_saturation=(actions.detach().abs() > SATURATED_ACTION).float().mean())
+                    action_saturation=(actions.detach().abs() > SATURATED_ACTION).float().mean(),
+                    log_sigma=log_sigma.mean())
         if q_weight > 0:
             if agent.crossq:
                 agent.critic.eval()  # the actor reads Q with running statistics and must not move them

@@ -189,6 +189,25 @@ def test_action_saturation_is_the_share_of_actions_past_the_tanh_knee(noise_std:
     assert low <= info["action_saturation"].item() <= high
 
 
+@pytest.mark.parametrize(("policy", "_critic"), VARIANTS[:7], ids=IDS[:7])
+def test_log_sigma_is_the_mean_log_noise_scale_of_the_actor_loss_sample(policy: dict, _critic: dict) -> None:
+    """``info["log_sigma"]``: log of the fixed sigma (0.3 here), or the learned head's mean over the very sample the
+    loss used (the Gaussian's log std over action dims; a flow's log sigma_i over steps and action dims)."""
+    agent = tiny_agent(policy={**policy, "noise_std": 0.3})
+    batch = random_batch(64)
+    torch.manual_seed(3)
+    _, info = actor_loss(agent, batch)
+    obs = agent.normalize(batch.obs)
+    if policy["kind"] == "gaussian":
+        expected = agent.actor.distribution(obs)[1].mean()
+    elif policy.get("noise") == "learned":
+        torch.manual_seed(3)
+        expected = agent.actor.rollout(obs, noise_std=agent.actor_noise_std).sigmas.log().mean()
+    else:
+        expected = torch.tensor(math.log(0.3))
+    torch.testing.assert_close(info["log_sigma"], expected)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Temperature, policy delay, Polyak averaging
 

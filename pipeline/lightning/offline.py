@@ -19,7 +19,7 @@ from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, trai
 
 PRETRAIN_COLUMNS = [
     "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "action_saturation",
-    "alpha", "actor_grad_norm", "critic_grad_norm", "skipped_updates",
+    "log_sigma", "alpha", "actor_grad_norm", "critic_grad_norm", "skipped_updates",
 ]
 
 

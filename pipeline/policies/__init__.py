@@ -3,6 +3,7 @@
 All policies share one interface (DESIGN.md §3):
 
 - ``sample(obs [B,S], noise_std=None) -> (action [B,A] in [-1,1], log_prob [B])``, reparameterized;
+- ``sample_with_log_sigma(obs, noise_std=None)``: the same plus the mean log noise scale per row ``[B]``;
 - ``act(obs [B,S], deterministic=True) -> action [B,A]`` under ``no_grad``;
 - ``bc_loss(obs [B,S], actions [B,A]) -> scalar``.
 

@@ -267,8 +267,19 @@ class FlowPolicy(nn.Module):
         it. ``noise_std`` overrides the fixed σ for this call (e.g. 0.05 in the actor loss, 0.02
         when acting and in critic targets); it raises ValueError with ``noise="learned"``.
         """
+        action, log_prob, _ = self.sample_with_log_sigma(obs, noise_std=noise_std, generator=generator)
+        return action, log_prob
+
+    def sample_with_log_sigma(
+        self, obs: Tensor, noise_std: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`sample` plus ``log_sigma [B]``, the mean of ``log σ_i`` over steps and action dims (detached).
+
+        With ``noise="learned"`` this is where a σ running to its bound shows (``log_sigma`` in train.csv); with
+        fixed noise it is ``log noise_std``.
+        """
         r = self.rollout(obs, noise_std=noise_std, generator=generator)
-        return r.action, r.log_prob
+        return r.action, r.log_prob, r.sigmas.detach().log().mean(dim=(0, 2))
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = True, noise_std: float | None = None) -> Tensor:

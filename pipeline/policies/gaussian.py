@@ -82,10 +82,17 @@ class GaussianPolicy(nn.Module):
 
         ``noise_std`` is ignored (the spread is the learned σ(s)); ``log_prob`` is not detached.
         """
+        action, log_prob, _ = self.sample_with_log_sigma(obs, generator=generator)
+        return action, log_prob
+
+    def sample_with_log_sigma(
+        self, obs: Tensor, noise_std: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`sample` plus ``log_sigma [B]``, the mean learned ``log σ(s)`` over action dims (detached)."""
         mean, log_std = self.distribution(obs)
         eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
         u = mean + log_std.exp() * eps
-        return torch.tanh(u), self._log_prob(u, mean, log_std)
+        return torch.tanh(u), self._log_prob(u, mean, log_std), log_std.detach().mean(dim=-1)
 
     @torch.no_grad()
     def act(self, obs: Tensor, deterministic: bool = True, noise_std: float | None = None) -> Tensor:
