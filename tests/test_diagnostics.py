@@ -1,4 +1,4 @@
-"""The rollout gradient profile (``pipeline.diagnostics``) against a direct replay of the Euler steps."""
+"""The rollout gradient profile and the log sigma gradient (``pipeline.diagnostics``) against direct computations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import torch
 
 from pipeline.checkpoint import run_checkpoint, save_checkpoint
 from pipeline.config import load_config, save_config
-from pipeline.diagnostics import checkpoint_gradient_profile, rollout_gradient_profile
+from pipeline.diagnostics import (
+    checkpoint_gradient_profile,
+    checkpoint_log_sigma_gradient,
+    log_sigma_gradient,
+    rollout_gradient_profile,
+)
 from pipeline.policies.flow import FlowPolicy
 from pipeline.train import finetune
 from conftest import OBS_DIM, tiny_agent
@@ -90,6 +95,51 @@ def test_rollout_takes_given_noise_and_checks_it() -> None:
         policy.rollout(obs, eps=torch.zeros(4, 4, 2), deterministic=True)
 
 
+def shifted_log_sigma_gradient(agent, obs: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The oracle: every step's learned ``log σ_i`` plus a leaf ``δ [B,1]``, differentiated by autograd."""
+    policy = agent.actor
+    delta = torch.zeros(obs.shape[0], 1, requires_grad=True)
+    forward = policy.velocity.forward
+
+    def shifted(*args, **kwargs):
+        v, log_sigma = forward(*args, **kwargs)
+        return v, log_sigma + delta
+
+    policy.velocity.forward = shifted
+    try:
+        r = policy.rollout(agent.normalize(obs), noise_std=agent.actor_noise_std, eps=eps)
+    finally:
+        policy.velocity.forward = forward
+    q = agent.q_agg(agent.critic(agent.normalize(obs), r.action))
+    (d_q,) = torch.autograd.grad(q.sum(), delta, retain_graph=True)
+    (d_ent,) = torch.autograd.grad((-agent.alpha.detach() * r.log_prob).sum(), delta)
+    return d_q.squeeze(1), d_ent.squeeze(1)
+
+
+@pytest.mark.parametrize("log_prob", ["exact", "paper_code"])
+@pytest.mark.parametrize("tanh_jacobian", ["floored", "exact"])
+@pytest.mark.parametrize("kind", ["flow_mlp", "flow_g", "flow_t"])
+def test_log_sigma_gradient_matches_a_shifted_log_sigma(kind: str, log_prob: str, tanh_jacobian: str) -> None:
+    agent = tiny_agent({"kind": kind, "noise": "learned", "steps": 4, "log_prob": log_prob,
+                        "tanh_jacobian": tanh_jacobian}, init_alpha=0.7)
+    with torch.no_grad():  # a spread large enough that the tanh term matters
+        for p in agent.actor.parameters():
+            p.mul_(3.0)
+    obs = torch.randn(32, OBS_DIM, generator=torch.Generator().manual_seed(2))
+    d_q, d_ent = log_sigma_gradient(agent, obs, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn((5, 32, 2), generator=torch.Generator().manual_seed(7))
+    expected_q, expected_ent = shifted_log_sigma_gradient(agent, obs, eps)
+    assert d_q.shape == d_ent.shape == (32,)
+    torch.testing.assert_close(d_q, expected_q, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(d_ent, expected_ent, rtol=1e-4, atol=1e-6)
+    assert d_q.abs().max() > 1e-3 and d_ent.abs().max() > 1e-3
+
+
+def test_log_sigma_gradient_rejects_a_gaussian_policy() -> None:
+    with pytest.raises(ValueError, match="log sigma gradient needs a flow policy, got GaussianPolicy"):
+        log_sigma_gradient(tiny_agent({"kind": "gaussian"}), torch.zeros(2, OBS_DIM))
+
+
 def test_profile_of_a_finetune_run_reads_its_checkpoint(tmp_path: Path) -> None:
     cfg = load_config(overrides=[
         "device=cpu", "threads=1", "trainer.accelerator=cpu", "trainer.progress=false", "policy.kind=flow_mlp",
@@ -101,6 +151,8 @@ def test_profile_of_a_finetune_run_reads_its_checkpoint(tmp_path: Path) -> None:
     assert profile.shape == (4,) and torch.all(torch.isfinite(profile)) and torch.all(profile > 0)
     torch.testing.assert_close(checkpoint_gradient_profile(tmp_path, batch=32, seed=1), profile, rtol=0, atol=0)
     assert not torch.equal(checkpoint_gradient_profile(tmp_path, batch=32, seed=2), profile)
+    d_q, d_ent = checkpoint_log_sigma_gradient(tmp_path, batch=32, seed=1)
+    assert d_q.shape == d_ent.shape == (32,) and torch.all(torch.isfinite(d_q)) and torch.all(torch.isfinite(d_ent))
 
 
 def test_profile_of_a_run_without_stored_states_is_a_clear_error(tmp_path: Path) -> None:
