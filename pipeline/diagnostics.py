@@ -17,8 +17,28 @@ from torch import Tensor
 
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
-from pipeline.policies.flow import FlowPolicy
+from pipeline.policies.flow import FlowPolicy, FlowRollout
 from pipeline.sac import SACAgent
+
+
+def _noise_leaf_rollout(agent: SACAgent, obs: Tensor, generator: torch.Generator | None,
+                        what: str) -> tuple[FlowPolicy, Tensor, FlowRollout, Tensor]:
+    """The actor loss's stochastic rollout of raw ``obs [B,S]`` with its noise ``ε [K+1,B,A]`` a leaf, and ``Q [B]``
+    of its action (the critic ensemble reduced as in the actor loss), both with their graphs."""
+    policy = agent.actor
+    if not isinstance(policy, FlowPolicy):
+        raise ValueError(f"the {what} needs a flow policy, got {type(policy).__name__}")
+    obs = agent.normalize(obs)
+    eps = torch.randn((policy.steps + 1, obs.shape[0], policy.act_dim), dtype=obs.dtype, device=obs.device,
+                      generator=generator).requires_grad_(True)
+    was_training = agent.critic.training
+    agent.critic.eval()  # a CrossQ critic must not move its running statistics
+    try:
+        r = policy.rollout(obs, noise_std=agent.actor_noise_std, eps=eps)
+        q = agent.q_agg(agent.critic(obs, r.action))
+    finally:
+        agent.critic.train(was_training)
+    return policy, eps, r, q
 
 
 def rollout_gradient_profile(agent: SACAgent, obs: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -31,20 +51,8 @@ def rollout_gradient_profile(agent: SACAgent, obs: Tensor, generator: torch.Gene
     profile is exactly 0 when every sampled ``a_K`` saturates the tanh in float32 (``|a_K| ≳ 9``): then Q sends
     the actor no gradient at all.
     """
-    policy = agent.actor
-    if not isinstance(policy, FlowPolicy):
-        raise ValueError(f"the rollout gradient profile needs a flow policy, got {type(policy).__name__}")
-    obs = agent.normalize(obs)
-    eps = torch.randn((policy.steps + 1, obs.shape[0], policy.act_dim), dtype=obs.dtype, device=obs.device,
-                      generator=generator).requires_grad_(True)
-    was_training = agent.critic.training
-    agent.critic.eval()  # a CrossQ critic must not move its running statistics
-    try:
-        r = policy.rollout(obs, noise_std=agent.actor_noise_std, eps=eps)
-        q = agent.q_agg(agent.critic(obs, r.action))
-        (g,) = torch.autograd.grad(q.sum(), eps)
-    finally:
-        agent.critic.train(was_training)
+    _, eps, r, q = _noise_leaf_rollout(agent, obs, generator, "rollout gradient profile")
+    (g,) = torch.autograd.grad(q.sum(), eps)
     grads = torch.cat([g[:1], g[1:] / r.stds.detach()])
     return grads.norm(dim=-1).mean(dim=-1)
 
@@ -60,21 +68,9 @@ def log_sigma_gradient(agent: SACAgent, obs: Tensor, generator: torch.Generator 
     With ``log_prob="paper_code"`` only the tanh correction ties ``log π`` to ``σ``, and its push is mostly downward
     (a wider ``a_K`` saturates more), so a ``σ`` that rises there is pushed by the critic.
     """
-    policy = agent.actor
-    if not isinstance(policy, FlowPolicy):
-        raise ValueError(f"the log sigma gradient needs a flow policy, got {type(policy).__name__}")
-    obs = agent.normalize(obs)
-    eps = torch.randn((policy.steps + 1, obs.shape[0], policy.act_dim), dtype=obs.dtype, device=obs.device,
-                      generator=generator).requires_grad_(True)
-    was_training = agent.critic.training
-    agent.critic.eval()  # a CrossQ critic must not move its running statistics
-    try:
-        r = policy.rollout(obs, noise_std=agent.actor_noise_std, eps=eps)
-        q = agent.q_agg(agent.critic(obs, r.action))
-        (g_q,) = torch.autograd.grad(q.sum(), eps, retain_graph=True)
-        (g_lp,) = torch.autograd.grad(r.log_prob.sum(), eps)
-    finally:
-        agent.critic.train(was_training)
+    policy, eps, r, q = _noise_leaf_rollout(agent, obs, generator, "log sigma gradient")
+    (g_q,) = torch.autograd.grad(q.sum(), eps, retain_graph=True)
+    (g_lp,) = torch.autograd.grad(r.log_prob.sum(), eps)
     e = eps.detach()[1:]
     d_q = (e * g_q[1:]).sum(dim=(0, 2))
     # the direct log N(ε) term's derivative is −ε: add it back to keep only the path's dependence on σ
