@@ -267,8 +267,8 @@ class FlowPolicy(nn.Module):
         it. ``noise_std`` overrides the fixed σ for this call (e.g. 0.05 in the actor loss, 0.02
         when acting and in critic targets); it raises ValueError with ``noise="learned"``.
         """
-        action, log_prob, _ = self.sample_with_log_sigma(obs, noise_std=noise_std, generator=generator)
-        return action, log_prob
+        r = self.rollout(obs, noise_std=noise_std, generator=generator)
+        return r.action, r.log_prob
 
     def sample_with_log_sigma(
         self, obs: Tensor, noise_std: float | None = None, generator: torch.Generator | None = None
