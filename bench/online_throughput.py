@@ -2,6 +2,7 @@
 
     python bench/online_throughput.py [--env robosuite/Lift] [--kind flow_t] [--steps 600] [--utd 1]
                                       [--copies 1 2 4] [--modes sync async] [--repeats 2] [--device cpu|cuda]
+                                      [--set KEY=VALUE ...]
 
 The default preset's agent (Flow-T, K = 4, batch 128) in ``pipeline.online.OnlineRunner``, the loop fine-tuning runs
 under Lightning, driven by a bare loop here: act, step every copy, store, ``--utd`` updates per env step. Each
@@ -48,13 +49,15 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["sync", "async"], choices=["sync", "async"])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu", help="where the agent and the buffer live")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every variant (e.g. sac.update_mode=cuda_graphs)")
     args = p.parse_args()
     torch.set_num_threads(1)
     warmup = 128  # env steps before updates start: one batch (the default preset's) in the buffer
     common = [f"policy.kind={args.kind}", f"finetune.env_id={args.env}", "finetune.from_pretrained=false",
               "finetune.random_steps=0", f"sac.utd={max(args.utd, 1)}", f"sac.batch_size={warmup}",
               f"finetune.learning_starts={warmup if args.utd else 10**9}",
-              "finetune.log_every=100000000", "finetune.checkpoint_every=100000000"]
+              "finetune.log_every=100000000", "finetune.checkpoint_every=100000000", *args.set]
     variants = [(1, "sync")] + [(n, m) for m in args.modes for n in args.copies if (n, m) != (1, "sync")]
     tmp = tempfile.TemporaryDirectory()
     runners = {}
@@ -78,7 +81,7 @@ def main() -> None:
             if rate > best[key]:
                 best[key], shares[key] = rate, {k: v / elapsed for k, v in r.seconds.items()}
     print(f"env={args.env} kind={args.kind} K={cfg.policy.steps} batch={cfg.sac.batch_size} utd={args.utd} "
-          f"steps={args.steps} threads=1 device={args.device}")
+          f"steps={args.steps} threads=1 device={args.device}" + "".join(f" {o}" for o in args.set))
     base = best[(1, "sync")]
     print(f"{'variant':>16} {'env steps/s':>12} {'vs 1 env':>9} {'env':>6} {'act':>6} {'update':>7}")
     for (n, mode), rate in best.items():

@@ -170,13 +170,21 @@ class Optimizers:
     alpha: torch.optim.Optimizer | None
 
 
+def resolve_update_mode(mode: str, device: torch.device) -> str:
+    """The ``sac.update_mode`` an agent on ``device`` runs: ``auto`` is ``cuda_graphs`` on CUDA, else ``eager``."""
+    if mode == "auto":
+        return "cuda_graphs" if device.type == "cuda" else "eager"
+    return mode
+
+
 def make_optimizers(agent: SACAgent) -> Optimizers:
     cfg = agent.cfg
     # fused kernels where the device supports them; foreach otherwise. CUDA graphs need the step counters on the
     # device (capturable)
     kw: dict[str, object] = {"betas": (cfg.adam_beta1, 0.999)}
-    if next(agent.parameters()).device.type == "cuda":
-        kw |= {"fused": True, "capturable": cfg.update_mode == "cuda_graphs"}
+    device = next(agent.parameters()).device
+    if device.type == "cuda":
+        kw |= {"fused": True, "capturable": resolve_update_mode(cfg.update_mode, device) == "cuda_graphs"}
     return Optimizers(
         actor=torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, **kw),
         critic=torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, **kw),
@@ -204,7 +212,7 @@ class SACUpdater:
     ``backward`` lets a LightningModule pass ``self.manual_backward`` (precision and strategy hooks); a bare loop
     uses ``Tensor.backward``.
 
-    ``sac.update_mode``:
+    ``sac.update_mode`` (``auto``: ``cuda_graphs`` for an agent on CUDA, ``eager`` otherwise):
 
     - ``eager``: a non-finite loss or gradient norm is detected on the host (one sync per optimizer step) and the
       step is skipped entirely.
@@ -221,8 +229,8 @@ class SACUpdater:
     def __init__(self, agent: SACAgent, optimizers: Optimizers,
                  backward: Callable[[torch.Tensor], None] | None = None, check_finite: bool = True) -> None:
         self.agent, self.opt = agent, optimizers
-        self.mode = agent.cfg.update_mode
         device = agent.log_alpha.device
+        self.mode = resolve_update_mode(agent.cfg.update_mode, device)
         if self.mode == "cuda_graphs" and device.type != "cuda":
             raise ValueError(f"config key 'sac.update_mode' = 'cuda_graphs' needs the agent on a CUDA device, "
                              f"got {device}")

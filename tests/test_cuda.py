@@ -61,7 +61,7 @@ def test_noisy_rollout_of_the_same_noise_matches_cpu(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_sac_updates_on_cuda_track_cpu(kind: str) -> None:
-    cpu_agent = tiny_agent({"kind": kind}, target_entropy=-2.0)
+    cpu_agent = tiny_agent({"kind": kind}, target_entropy=-2.0, update_mode="eager")
     gpu_agent = copy.deepcopy(cpu_agent).to(CUDA)
     cpu_up, gpu_up = SACUpdater(cpu_agent, make_optimizers(cpu_agent)), SACUpdater(gpu_agent, make_optimizers(gpu_agent))
     if CUDA.type == "cuda":
@@ -118,6 +118,17 @@ def test_cuda_graph_crossq_updates_with_a_policy_delay_match_eager() -> None:
 
 
 @pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")
+def test_auto_update_mode_replays_cuda_graphs_for_an_agent_on_cuda() -> None:
+    agent = tiny_agent().to(CUDA)
+    assert agent.cfg.update_mode == "auto"
+    updater = SACUpdater(agent, make_optimizers(agent))
+    assert updater.mode == "cuda_graphs" and updater.opt.critic.defaults["capturable"]
+    for seed in range(3):
+        updater.update(_to(random_batch(16, seed=seed), CUDA))
+    assert len(updater._graphs) == 2 and updater.skipped == 0
+
+
+@pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")
 def test_cuda_graphs_skip_a_nan_step_on_the_device() -> None:
     agent = tiny_agent(update_mode="cuda_graphs").to(CUDA)
     updater = SACUpdater(agent, make_optimizers(agent))
@@ -164,9 +175,9 @@ def _pendulum_d4rl(path: Path) -> Path:
     return write_d4rl(ds, path)
 
 
-@pytest.mark.parametrize("update_mode", ("eager", "cuda_graphs"))
+@pytest.mark.parametrize("update_mode", ("eager", "auto"))
 def test_offline_to_online_stages_run_on_cuda(update_mode: str, tmp_path: Path) -> None:
-    if update_mode == "cuda_graphs" and CUDA.type != "cuda":
+    if update_mode == "auto" and CUDA.type != "cuda":
         pytest.skip("CUDA graphs need a GPU")
     """pretrain -> finetune -> evaluate with ``device=cuda`` (Lightning's GPU accelerator), Pendulum from D4RL data."""
     from pipeline.train import evaluate_checkpoints, finetune, pretrain
