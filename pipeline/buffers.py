@@ -32,6 +32,22 @@ class ReplayBuffer:
         self.ptr = 0  # next row to write
         self.size = 0  # rows filled
 
+    @classmethod
+    def holding(cls, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
+                terminals: torch.Tensor, device: torch.device | str = "cpu") -> ReplayBuffer:
+        """A full buffer whose rows are these float32 tensors themselves (``obs [N, S]``, ``actions [N, A]``,
+        ``rewards [N]``, ``next_obs [N, S]``, ``terminals [N]``): no copy on their own device, so an offline dataset
+        and the buffer that serves it share one copy of the data."""
+        rows = dict(zip(_FIELDS, (obs, actions, rewards, next_obs, terminals)))
+        n = obs.shape[0]
+        if any(r.shape[0] != n for r in rows.values()):
+            raise ValueError(f"transition fields have different lengths: { {k: r.shape[0] for k, r in rows.items()} }")
+        buffer = cls.__new__(cls)
+        buffer.capacity, buffer.device = n, torch.device(device)
+        buffer.data = {k: v.to(buffer.device, torch.float32) for k, v in rows.items()}
+        buffer.ptr, buffer.size = 0, n
+        return buffer
+
     def __len__(self) -> int:
         return self.size
 
@@ -102,7 +118,13 @@ class OfflineOnlineSampler:
                     f"seeded buffer mode: the online buffer (capacity {self.online.capacity}) cannot hold the "
                     f"{self.offline_size} offline transitions; raise finetune.buffer_size")
             self.online.add(*(self.offline.data[k][: self.offline_size] for k in _FIELDS))
-            self.seeded = True
+            self.mark_seeded()
+
+    def mark_seeded(self) -> None:
+        """The online buffer holds the offline rows (seeded now, or restored from a checkpoint that was): the
+        offline buffer is not read again, so it is let go and the data stay in memory once."""
+        self.seeded = True
+        self.offline = None
 
     def __len__(self) -> int:
         return len(self.online) + (self.offline_size if self.mode == "mixed" else 0)

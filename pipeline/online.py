@@ -243,7 +243,8 @@ class OnlineRunner:
         self.agent.load_state_dict(state["agent"])
         self.updater.load_state_dict(state["updater"])
         self.sampler.online.load_state_dict(state["buffer"])
-        self.sampler.seeded = state["seeded"]
+        if state["seeded"]:
+            self.sampler.mark_seeded()
         self.env_step, self.episodes = state["env_step"], state["episodes"]
         self.env_errors, self.next_checkpoint = state["env_errors"], state["next_checkpoint"]
         self.recent_returns, self.recent_successes = state["recent_returns"], state["recent_successes"]

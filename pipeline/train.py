@@ -10,6 +10,7 @@ costs a process several seconds (a ``dvc repro`` starts one process per stage).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import gymnasium as gym
 import torch
 
 from pipeline.checkpoint import RUN_CHECKPOINT, find_checkpoint, load_checkpoint, run_checkpoint
-from pipeline.config import Config, ConfigError, DatasetConfig, save_config
+from pipeline.config import Config, ConfigError, DatasetConfig, SACConfig, save_config
 from pipeline.data import TransitionDataset, check_compatible, load_dataset
 from pipeline.data.chunking import chunk_transitions
 from pipeline.distributed import process_rank
@@ -33,7 +34,7 @@ from pipeline.metrics import final_training_metrics, write_json
 from pipeline.online import PHASES
 from pipeline.progress import stage_progress
 from pipeline.runtime import resolve_device, seed_everything, set_threads
-from pipeline.sac import SACAgent
+from pipeline.sac import SACAgent, training_reward
 
 if TYPE_CHECKING:
     import lightning as L
@@ -82,7 +83,8 @@ def resume_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def load_offline(dcfg: DatasetConfig) -> TransitionDataset:
-    """The dataset a stage trains on, with observation statistics attached."""
+    """The dataset as stored, with observation statistics attached (:func:`training_transitions` makes what SAC
+    trains on from it)."""
     options: dict[str, Any] = {}
     if dcfg.obs_keys is not None:
         options["obs_keys"] = dcfg.obs_keys
@@ -90,6 +92,18 @@ def load_offline(dcfg: DatasetConfig) -> TransitionDataset:
         options["filter_key"] = dcfg.filter_key
     ds = load_dataset(dcfg.format, dcfg.source, **options)
     return ds if ds.normalization is not None else ds.with_normalization()
+
+
+def training_transitions(ds: TransitionDataset, sac: SACConfig) -> TransitionDataset:
+    """What SAC trains on from a dataset: every step's reward through :func:`pipeline.sac.training_reward`, then
+    ``sac.chunk``-step decisions with rewards discounted inside the chunk.
+
+    The order matters with chunks and a reward shift: the online runner shifts each step's reward before summing a
+    chunk, so the dataset's chunks must be made the same way (a chunk of H failing steps is worth
+    ``-sum gamma^i``, not ``-1``).
+    """
+    ds = dataclasses.replace(ds, rewards=training_reward(ds.rewards, sac))
+    return chunk_transitions(ds, sac.chunk, sac.gamma)
 
 
 def finetune_dataset(cfg: Config) -> DatasetConfig | None:
@@ -173,7 +187,7 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
     trainer = make_trainer(cfg, callbacks)
     rank = process_rank(trainer)
     out = _prepare(cfg, out_dir, rank)
-    dataset = chunk_transitions(load_offline(cfg.pretrain.dataset), cfg.sac.chunk, cfg.sac.gamma)
+    dataset = training_transitions(load_offline(cfg.pretrain.dataset), cfg.sac)
     if cfg.sac.batch_size > len(dataset):
         raise ConfigError(f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than the dataset "
                           f"{cfg.pretrain.dataset.source} ({len(dataset)} transitions)")
@@ -231,7 +245,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     space_env.close()
     if offline is not None:
         check_compatible(offline, obs_dim, act_dim, dcfg.source)
-        offline = chunk_transitions(offline, cfg.sac.chunk, cfg.sac.gamma)
+        offline = training_transitions(offline, cfg.sac)
     init_state = None
     if ft.from_pretrained:
         init_state = load_checkpoint(run_checkpoint(pretrained))["agent"]
@@ -252,6 +266,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
 
         module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
                                 resume_state=resume, progress=show, fingerprint=fingerprint)
+        offline = None  # the module's buffers take the rows over: hold them once (bench/README.md, memory)
         make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps, ft.num_envs))
         runner = module.runner
         evaluated_last_step = runner.last_eval_step == runner.env_step

@@ -143,6 +143,24 @@ def test_seeded_writes_offline_rows_once_then_samples_uniformly() -> None:
                     "offline_share_per_batch": 0.5}
 
 
+def test_offline_data_are_held_once() -> None:
+    """A buffer made from a dataset's tensors serves those tensors themselves; a seeded sampler lets the offline
+    buffer go once the online buffer holds its rows."""
+    fields = tuple(t.clone() for t in rows(-40, 40))
+    offline = ReplayBuffer.holding(*fields)
+    assert len(offline) == offline.capacity == 40
+    assert all(offline.data[k].data_ptr() == t.data_ptr() for k, t in zip(offline.data, fields))
+    torch.manual_seed(0)
+    batch = offline.sample(8)
+    torch.testing.assert_close(batch.obs[:, 0], batch.rewards)
+    sampler = OfflineOnlineSampler(ReplayBuffer(80, OBS, ACT), offline, "seeded")
+    sampler.seed_offline()
+    assert sampler.offline is None and sampler.composition()["offline_transitions"] == 40
+    mixed = OfflineOnlineSampler(ReplayBuffer(80, OBS, ACT), offline, "mixed")
+    mixed.seed_offline()  # nothing to copy in mixed mode: the offline buffer stays the one copy
+    assert mixed.offline is offline and len(mixed.online) == 0
+
+
 def test_seeded_capacity_error_names_the_config_key() -> None:
     sampler = OfflineOnlineSampler(ReplayBuffer(30, OBS, ACT), offline_buffer(40), "seeded")
     with pytest.raises(ValueError, match=r"cannot hold the 40 offline transitions.*finetune\.buffer_size"):

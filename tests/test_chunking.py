@@ -85,3 +85,49 @@ def test_online_loop_decides_every_h_steps_and_drops_chunks_cut_by_a_time_limit(
     assert all(0 <= x < 1 for x in shares) and metrics["env_time_share"] > 0 and sum(shares) <= 1.0 + 1e-6
     state = load_checkpoint(run_checkpoint(tmp_path))
     assert state["buffer"]["data"]["actions"].shape[1] == 3  # Pendulum's one action dim x H = 3
+
+
+def test_dataset_and_online_chunks_of_the_same_episodes_have_the_same_rewards(tmp_path: Path) -> None:
+    """With a reward scale and shift, a chunk stored by the online loop and the same chunk made from a dataset of
+    the same steps carry the same reward: the transform applies per step, before the chunk's discounted sum."""
+    from pipeline.envs import make_env
+    from pipeline.train import training_transitions
+
+    cfg = load_config(overrides=[
+        "sac.chunk=4", "sac.gamma=0.9", "sac.reward_scale=2.0", "sac.reward_shift=-1.0", "policy.kind=flow_g",
+        "policy.hidden=16", "critic.hidden=16", "sac.batch_size=16", "trainer.progress=false",
+        "finetune.env_id=Hopper-v5", "finetune.from_pretrained=false", "finetune.total_steps=120",
+        "finetune.learning_starts=1000", "finetune.random_steps=120", "finetune.buffer_size=1000",
+        "finetune.eval_episodes=0", "finetune.log_every=120", "evaluate.both=false",
+    ])
+    finetune(cfg, tmp_path)
+    stored = load_checkpoint(run_checkpoint(tmp_path))["buffer"]["data"]
+    # replay the stored decisions in a fresh env of the same seed: random Hopper actions fall within ~20 steps, so
+    # every episode ends on a true terminal and no decision was dropped
+    env = make_env("Hopper-v5")
+    obs, _ = env.reset(seed=cfg.seed)
+    steps: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "next_obs", "term", "tout")}
+    starts = []  # dataset row of each stored decision's first step
+    for chunk in stored["actions"].numpy():
+        starts.append(len(steps["obs"]))
+        for action in chunk.reshape(cfg.sac.chunk, -1):
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            for k, v in zip(steps, (obs, action, reward, next_obs, terminated, truncated)):
+                steps[k].append(v)
+            obs = next_obs
+            if terminated or truncated:
+                assert terminated, "a time limit inside the test's episodes would drop a decision"
+                obs, _ = env.reset()
+                break
+    n_terminal = int(np.sum(steps["term"]))
+    assert n_terminal >= 3 and int(stored["terminals"].sum()) == n_terminal
+    ds = TransitionDataset(*(np.asarray(steps[k], dtype=np.float32) for k in steps), meta={"source": "replay"})
+    chunks = training_transitions(ds, cfg.sac)
+    # the dataset makes a decision at every step (every episode ends on a terminal, so none is dropped), the online
+    # loop every H steps: compare the decisions it made
+    index = torch.as_tensor(starts)
+    torch.testing.assert_close(chunks.observations[index], stored["obs"], rtol=0, atol=0)
+    whole = stored["terminals"] == 0  # a chunk cut by a terminal ends in actions never executed, stored either way
+    torch.testing.assert_close(chunks.actions[index][whole], stored["actions"][whole], rtol=0, atol=0)
+    torch.testing.assert_close(chunks.terminals[index], stored["terminals"], rtol=0, atol=0)
+    torch.testing.assert_close(chunks.rewards[index], stored["rewards"], rtol=1e-6, atol=1e-6)

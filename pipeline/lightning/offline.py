@@ -15,7 +15,7 @@ from pipeline.config import Config
 from pipeline.distributed import all_gather_objects
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
-from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, training_reward
+from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
 
 PRETRAIN_COLUMNS = [
     "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "action_saturation",
@@ -24,7 +24,9 @@ PRETRAIN_COLUMNS = [
 
 
 class OfflinePretrain(L.LightningModule):
-    """One ``training_step`` = one update on a batch drawn uniformly from the dataset.
+    """One ``training_step`` = one update on a batch drawn uniformly from ``dataset``, the training transitions
+    (:func:`pipeline.train.training_transitions`: rewards as SAC trains on them, chunked), whose tensors the
+    buffer serves without a copy.
 
     The actor objective is ``flow_weight * flow-matching + q_weight * (alpha log pi - Q) + bc_weight * ||a - a_data||^2``
     (``pretrain.*``); with ``q_weight = 0`` and ``train_critic = false`` it is plain flow BC.
@@ -58,10 +60,9 @@ class OfflinePretrain(L.LightningModule):
 
     def on_fit_start(self) -> None:
         d = self.dataset
-        self.buffer = ReplayBuffer(len(d), d.obs_dim, d.act_dim, self.device)
-        # the reward transform online training uses, so the pretrained critic's scale carries over
-        self.buffer.add(d.observations, d.actions, training_reward(d.rewards, self.cfg.sac),
-                        d.next_observations, d.terminals)
+        # the dataset's own tensors (rewards already as SAC trains on them, pipeline.train.training_transitions)
+        self.buffer = ReplayBuffer.holding(d.observations, d.actions, d.rewards, d.next_observations, d.terminals,
+                                           self.device)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         self.updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),

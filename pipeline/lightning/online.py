@@ -12,13 +12,14 @@ import torch
 from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
 from pipeline.config import Config
 from pipeline.online import OnlineRunner
-from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers, training_reward
+from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
 
 
 class OnlineFinetune(L.LightningModule):
     """One ``training_step`` = one step of every env copy plus ``sac.utd`` updates per env step.
 
-    ``offline``: a TransitionDataset for the buffer (``finetune.buffer_mode``); ``init_state``: agent weights to
+    ``offline``: the training transitions (:func:`pipeline.train.training_transitions`) for the buffer
+    (``finetune.buffer_mode``), handed over: the module keeps no reference once its buffers hold the rows; ``init_state``: agent weights to
     start from (a pretraining checkpoint's ``agent``); ``resume_state``: this stage's own last checkpoint.
     """
 
@@ -49,13 +50,13 @@ class OnlineFinetune(L.LightningModule):
         obs_dim, act_dim = self.agent.obs_dim, self.agent.act_dim
         offline_buf = None
         if self.offline is not None:
-            offline_buf = ReplayBuffer(len(self.offline), obs_dim, act_dim, self.device)
             d = self.offline
-            offline_buf.add(d.observations, d.actions, training_reward(d.rewards, self.cfg.sac),
-                            d.next_observations, d.terminals)
+            offline_buf = ReplayBuffer.holding(d.observations, d.actions, d.rewards, d.next_observations,
+                                               d.terminals, self.device)
         seeded_extra = len(self.offline) if self.offline is not None and ft.buffer_mode == "seeded" else 0
         online = ReplayBuffer(ft.buffer_size + seeded_extra, obs_dim, act_dim, self.device)
         sampler = OfflineOnlineSampler(online, offline_buf, ft.buffer_mode, ft.offline_ratio)
+        self.offline = None  # the buffers hold the rows now: the dataset is not kept beside them
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
