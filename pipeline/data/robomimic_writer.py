@@ -190,11 +190,14 @@ def run_scripted_episode(env: Any, policy: Any) -> tuple[Episode, dict[str, Any]
     """Roll out ``policy`` (a :class:`pipeline.envs.scripted.ScriptedPolicy`) for one episode on a
     :class:`pipeline.envs.RobosuiteEnv` that the caller has already reset.
 
+    The episode starts from the env's model rebuilt from its own MJCF text (:meth:`RobosuiteEnv.reload_model`),
+    so its actions replayed from ``states[0]`` in the stored ``model_file`` reproduce every stored state exactly.
+
     Returns the recorded episode and ``{"success": bool, "env_error": str | None}``.
     """
+    model_file = env.reload_model()
     policy.reset(env)
     obs_rows, next_rows, actions, rewards, dones, states = [], [], [], [], [], []
-    model_file = env.sim.model.get_xml()
     get_meta = getattr(env.rs_env, "get_ep_meta", None)
     ep_meta = json.dumps(get_meta()) if callable(get_meta) else None
     obs = robomimic_obs(env.obs_dict)

@@ -11,8 +11,10 @@ stored in collected datasets) and consumed (``env_args=`` option), so that evalu
 simulator configuration the demonstrations were recorded with.
 
 robosuite 1.5 draws object placements and robot initialization noise from NumPy's *global* generator. Each env
-keeps its own ``RandomState`` and swaps it into the global slot only while robosuite runs, so seeding one env
-neither depends on nor disturbs any other random stream in the process.
+lends robosuite a ``RandomState`` of its own, swapped into the global slot only while robosuite runs, so seeding
+one env neither depends on nor disturbs any other random stream in the process. Every ``reset`` draws that
+``RandomState``'s seed from the env's Gymnasium generator (``np_random``): an episode is then a function of
+``np_random``'s state alone, which is what vector envs expose and checkpoints save and restore.
 """
 
 from __future__ import annotations
@@ -283,8 +285,7 @@ class RobosuiteEnv(gym.Env):
         Returns ``(obs float32[obs_dim], info)`` with ``info["success"]`` (False at a fresh placement).
         """
         super().reset(seed=seed)
-        if seed is not None:
-            self._rs = np.random.RandomState(seed)
+        self._rs = np.random.RandomState(int(self.np_random.integers(2**32)))
         rebuild = self._needs_rebuild
         with self._own_global_rng():
             # After a simulator failure the model data may be corrupt: rebuild it from the MJCF once.
@@ -298,6 +299,28 @@ class RobosuiteEnv(gym.Env):
         self.obs_dict = self._observations(raw)
         self._last_obs = self.flatten_obs(self.obs_dict)
         return self._last_obs.copy(), {"success": self.check_success()}
+
+    def reload_model(self) -> str:
+        """Rebuild the simulator from its own MJCF text and restore the current state, as robosuite's
+        ``DataCollectionWrapper`` does after every reset and robomimic's ``reset_to`` before a playback.
+
+        robosuite's controllers keep state of their own beside the simulator's (the gripper's rate-limited
+        command, references cached at the last update), so two runs of the same actions from the same simulator
+        state agree only if both start from the same rebuild. An episode recorded from here replays exactly from
+        its stored ``model_file`` and first state (robomimic's ``playback_dataset.py --use-actions``).
+
+        Returns the MJCF text the model was rebuilt from: the ``model_file`` a recording stores.
+        """
+        xml = self.sim.model.get_xml()
+        state = self.sim.get_state().flatten()
+        with self._own_global_rng():
+            self.rs_env.reset_from_xml_string(self.rs_env.edit_model_xml(xml))
+        self.sim.reset()
+        self.sim.set_state_from_flattened(state)
+        self.sim.forward()
+        self.obs_dict = self.current_observation()
+        self._last_obs = self.flatten_obs(self.obs_dict)
+        return xml
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Apply ``action`` (``[act_dim]`` in [-1, 1]; clipped) for one control step (1/20 s).
