@@ -1,14 +1,20 @@
 """The online loop: act, store, update, log, evaluate, checkpoint. Driven one (vector) env step at a time.
 
 :class:`OnlineRunner` is plain Python so a LightningModule (``pipeline.lightning.OnlineFinetune``) and a bare loop
-(``bench/``) run exactly the same code. With one env copy, checkpoints are taken at episode boundaries, so a resumed
-run restarts with a fresh ``reset()`` drawn from the saved RNG states and continues the same trajectory as an
-uninterrupted one; with several copies (``finetune.num_envs``) a resumed run restarts the episodes in flight.
+(``bench/``) run exactly the same code.
+
+A checkpoint can be taken after any step, episodes in flight included: it holds every random state (global,
+per-copy env and random-action generators) and, per env copy, how its current episode began and the actions it
+has executed since. A resumed run replays those actions in fresh env copies (:meth:`pipeline.envs.EnvCopy.replay`),
+checks that each copy is back at the saved observation, and continues bit-identically to an uninterrupted run,
+with any number of copies, in this process or in workers. An env that does not replay exactly (randomness outside
+its generator) gets a warning and that copy's episode restarts.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +94,10 @@ class OnlineRunner:
         self.decisions: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
         self.queues: list[list[np.ndarray]] = [[] for _ in range(n)]
         self.chunk_reward, self.chunk_steps = np.zeros(n), np.zeros(n, dtype=np.int64)
+        # per copy, what replays its episode in flight on resume: how the episode began (EnvCopy.replay's start)
+        # and the actions executed since
+        self.episode_starts: list[tuple[str, Any] | None] = [None] * n
+        self.episode_actions: list[list[np.ndarray]] = [[] for _ in range(n)]
         self.seconds = dict.fromkeys(PHASES, 0.0)  # per phase, since the last log row
         self.recent_returns: list[float] = []
         self.recent_successes: list[float] = []
@@ -105,10 +115,14 @@ class OnlineRunner:
     def reset_finished(self) -> None:
         """Reset the copies whose episode ended (all of them on the first step and after a resume)."""
         mask = self.needs_reset
-        if mask.all():  # the first reset of a run is seeded (copy i: cfg.seed + i); later ones continue the streams
-            self.obs, _ = self.env.reset(seed=self.cfg.seed if self.env_step == 0 else None)
-        else:
+        if self.env_step == 0:  # the first reset of a run is seeded (copy i: cfg.seed + i)
+            starts = [("seed", self.cfg.seed + i) for i in range(self.num_envs)]
+            self.obs, _ = self.env.reset(seed=self.cfg.seed)
+        else:  # later ones continue each copy's stream
+            starts = [("rng", state) for state in env_rng_states(self.env)]
             self.obs, _ = self.env.reset(options={"reset_mask": mask.copy()})
+        for i in np.flatnonzero(mask):
+            self.episode_starts[i], self.episode_actions[i] = starts[i], []
         self.ep_return[mask], self.ep_success[mask] = 0.0, False
         self.needs_reset = np.zeros(self.num_envs, dtype=bool)
 
@@ -158,6 +172,8 @@ class OnlineRunner:
             next_obs, reward, terminated, truncated, info = self.env.step(actions)
         self.seconds["env"] += time.perf_counter() - t0
         self.env_errors += int(np.count_nonzero(info.get("_env_error", ())))
+        for i in range(self.num_envs):
+            self.episode_actions[i].append(actions[i])
         done = terminated | truncated
         self.chunk_reward += self.cfg.sac.gamma ** self.chunk_steps * training_reward(reward, self.cfg.sac)
         self.chunk_steps += 1
@@ -187,10 +203,7 @@ class OnlineRunner:
         if self.eval_env is not None and ft.eval_episodes > 0 and self.crossed(ft.eval_every):
             self.run_eval()
         self.needs_reset = done
-        # with one copy, checkpoints wait for the end of an episode, so a resumed run starts its next episode from
-        # the saved RNG exactly as the uninterrupted run did; several copies seldom finish together, so their
-        # checkpoint is taken when due and a resumed run restarts the episodes in flight
-        if self.env_step >= self.next_checkpoint and (done.all() or self.num_envs > 1):
+        if self.env_step >= self.next_checkpoint:
             self.save()
             self.next_checkpoint = (self.env_step // ft.checkpoint_every + 1) * ft.checkpoint_every
 
@@ -236,7 +249,12 @@ class OnlineRunner:
             "next_checkpoint": self.next_checkpoint, "rng": rng_state(), "env_rng": env_rng_states(self.env),
             "random_action_rng": [s.np_random.bit_generator.state for s in self.random_actions],
             "recent_returns": self.recent_returns, "recent_successes": self.recent_successes,
-            "means": self.means.state_dict(),
+            "means": self.means.state_dict(), "last_eval": self.last_eval, "last_eval_step": self.last_eval_step,
+            "reports_success": self.reports_success,
+            "copies": {"obs": self.obs, "needs_reset": self.needs_reset, "ep_return": self.ep_return,
+                       "ep_success": self.ep_success, "decisions": self.decisions, "queues": self.queues,
+                       "chunk_reward": self.chunk_reward, "chunk_steps": self.chunk_steps,
+                       "episode_starts": self.episode_starts, "episode_actions": self.episode_actions},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -249,18 +267,41 @@ class OnlineRunner:
         self.env_errors, self.next_checkpoint = state["env_errors"], state["next_checkpoint"]
         self.recent_returns, self.recent_successes = state["recent_returns"], state["recent_successes"]
         self.means.load_state_dict(state["means"], self.device)
-        if self.env_step > 0:  # the first reset is seeded by cfg.seed; later ones draw from the saved env RNGs
-            # gymnasium seeds the env RNG on the first reset; reset once so the saved state is not overwritten
+        self.last_eval, self.last_eval_step = state["last_eval"], state["last_eval_step"]
+        self.reports_success = state["reports_success"]
+        if self.env_step > 0:
+            # every copy's first reset seeds its RNG (gymnasium): reset once, so the saved states set below stay
             self.env.reset(seed=self.cfg.seed)
+            self._restore_copies(state["copies"])
         set_env_rng_states(self.env, state["env_rng"])
         for space, rng in zip(self.random_actions, state["random_action_rng"], strict=True):
             space.np_random.bit_generator.state = rng
         set_rng_state(state["rng"])
         self.prev_env_step = self.env_step
-        self.needs_reset[:] = True
         self.train_log.truncate_after(self.env_step)
         self.eval_log.truncate_after(self.env_step)
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates
+
+    def _restore_copies(self, copies: dict[str, Any]) -> None:
+        """Put every env copy back where the checkpoint left it: replay each episode in flight from its start."""
+        self.obs, self.needs_reset = copies["obs"], copies["needs_reset"]
+        self.ep_return, self.ep_success = copies["ep_return"], copies["ep_success"]
+        self.decisions, self.queues = copies["decisions"], copies["queues"]
+        self.chunk_reward, self.chunk_steps = copies["chunk_reward"], copies["chunk_steps"]
+        self.episode_starts, self.episode_actions = copies["episode_starts"], copies["episode_actions"]
+        plans = [None if self.needs_reset[i] else (self.episode_starts[i], self.episode_actions[i])
+                 for i in range(self.num_envs)]
+        replayed = self.env.call("replay", plans)
+        for i, obs in enumerate(replayed):
+            if obs is None or np.array_equal(obs, self.obs[i]):
+                continue
+            warnings.warn(
+                f"env copy {i} of {self.cfg.finetune.env_id!r} did not replay its episode in flight to the saved "
+                f"observation (largest difference {np.abs(obs - self.obs[i]).max():.3g}): the env draws randomness "
+                "its generator does not hold. That episode restarts; the resumed run differs from an uninterrupted "
+                "one from here on", stacklevel=2)
+            self.needs_reset[i] = True
+            self.queues[i] = []
 
     def save(self, path: str | Path | None = None) -> None:
         save_checkpoint(self.state_dict(), path or self.run_dir / RUN_CHECKPOINT)

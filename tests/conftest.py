@@ -147,14 +147,17 @@ _FINETUNE_CHILD = """
 import sys
 from pipeline.config import load_config
 from pipeline.train import finetune
-finetune(load_config(overrides=sys.argv[2:]), sys.argv[1])
+out, preset, pretrained, *overrides = sys.argv[1:]
+finetune(load_config(preset or None, overrides), out, pretrained or None)
 """
 
 
-def run_killed_after_first_checkpoint(out: Path, overrides: list[str], timeout: float = 120.0) -> None:
-    """Run ``finetune`` with ``overrides`` on ``out`` in a child process and SIGKILL it after its first checkpoint."""
-    proc = subprocess.Popen([sys.executable, "-c", _FINETUNE_CHILD, str(out), *overrides], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def run_killed_after_first_checkpoint(out: Path, overrides: list[str], timeout: float = 120.0,
+                                      preset: str | None = None, pretrained: Path | None = None) -> None:
+    """Run ``finetune`` (``preset`` + ``overrides``, from ``pretrained`` if given) on ``out`` in a child process and
+    SIGKILL it after its first checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-c", _FINETUNE_CHILD, str(out), preset or "", str(pretrained or ""),
+                             *overrides], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + timeout
         while not (out / "checkpoints" / "last.pt").exists():

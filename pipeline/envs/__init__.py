@@ -4,7 +4,7 @@ See :func:`make_env` for ids and options, :class:`RobosuiteEnv` for the manipula
 :mod:`pipeline.envs.scripted` for scripted demonstrators.
 """
 
-from pipeline.envs.factory import ObsSpec, get_obs_spec, make_env, make_vector_env
+from pipeline.envs.factory import EnvCopy, ObsSpec, get_obs_spec, make_env, make_vector_env
 from pipeline.envs.robosuite_env import (
     DEFAULT_HORIZONS,
     DEFAULT_OBS_KEYS,
@@ -17,6 +17,7 @@ from pipeline.envs.scripted import SCRIPTED_POLICIES, ScriptedPolicy, make_scrip
 __all__ = [
     "DEFAULT_HORIZONS",
     "DEFAULT_OBS_KEYS",
+    "EnvCopy",
     "ROBOSUITE_ENV_TYPE",
     "SCRIPTED_POLICIES",
     "ObsSpec",

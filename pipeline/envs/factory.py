@@ -161,6 +161,44 @@ def make_env(env_id: str, seed: int | None = None, **options: Any) -> gym.Env:
 
 VECTORIZATION_MODES: tuple[str, ...] = typing.get_args(VectorizationMode)
 
+# How an episode began, for EnvCopy.replay: ("seed", s) for reset(seed=s), or ("rng", state) for reset() with the
+# env generator's bit-generator state set to ``state`` first.
+EpisodeStart = tuple[str, Any]
+
+
+class EnvCopy(gym.Wrapper):
+    """Copy ``index`` of a vector env made by :func:`make_vector_env`; it can replay an episode.
+
+    A vector env's ``call`` sends the same arguments to every copy, so :meth:`replay` takes every copy's plan and
+    plays its own.
+    """
+
+    def __init__(self, env: gym.Env, index: int) -> None:
+        super().__init__(env)
+        self.index = index
+
+    def replay(self, plans: list[tuple[EpisodeStart, list[np.ndarray]] | None]) -> np.ndarray | None:
+        """Reset as the episode began and step its actions; returns the observation reached (``None`` when this
+        copy has no plan). Deterministic envs end exactly where the original episode was after those actions."""
+        plan = plans[self.index]
+        if plan is None:
+            return None
+        (how, value), actions = plan
+        if how == "seed":
+            obs, _ = self.env.reset(seed=value)
+        elif how == "rng":
+            self.env.np_random.bit_generator.state = value
+            obs, _ = self.env.reset()
+        else:
+            raise ValueError(f"episode start: expected ('seed', s) or ('rng', state), got {how!r}")
+        for action in actions:
+            obs, *_ = self.env.step(action)
+        return obs
+
+
+def _make_copy(index: int, env_id: str, seed: int | None = None, **options: Any) -> EnvCopy:
+    return EnvCopy(make_env(env_id, seed=seed, **options), index)
+
 
 def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async", seed: int | None = None,
                     **options: Any) -> gym.vector.VectorEnv:
@@ -171,6 +209,7 @@ def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async
     decides which copy resets, and with which seed (``reset(seed=[...], options={"reset_mask": mask})``); a copy
     whose episode ended must be reset before it is stepped again. ``seed``: copy i is made with
     ``make_env(seed=seed + i)`` (its first reset and its spaces seeded), as ``reset(seed=seed)`` seeds copy i.
+    Each copy is an :class:`EnvCopy` (``env.call("replay", plans)`` replays episodes for a resume).
 
     Raises:
         ValueError: ``num_envs`` < 1, an unknown ``mode``, or anything :func:`make_env` rejects.
@@ -180,7 +219,7 @@ def make_vector_env(env_id: str, num_envs: int, mode: VectorizationMode = "async
     if mode not in VECTORIZATION_MODES:
         raise ValueError(f"vectorization mode: expected one of {list(VECTORIZATION_MODES)}, got {mode!r}")
     disabled = gym.vector.AutoresetMode.DISABLED
-    fns = [functools.partial(make_env, env_id, seed=None if seed is None else seed + i, **options)
+    fns = [functools.partial(_make_copy, i, env_id, seed=None if seed is None else seed + i, **options)
            for i in range(num_envs)]
     if mode == "sync":
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=disabled)

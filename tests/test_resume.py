@@ -1,0 +1,94 @@
+"""Kill -9 and resume on robosuite: a run killed after a checkpoint (mid-episode) and run again with the same
+command ends with the same weights, replay buffer and log rows as an uninterrupted run.
+
+The default suite runs three paths; ``-m slow`` runs the whole matrix (from scratch / from a pretrained agent with a
+seeded or mixed buffer, env in this process or in workers, one or two copies, one action or chunks of four).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_killed_after_first_checkpoint
+from pipeline.checkpoint import load_checkpoint, run_checkpoint
+from pipeline.config import load_config
+from pipeline.metrics import read_csv_rows
+from pipeline.train import finetune, pretrain
+
+# columns that time the run rather than describe what it computed
+TIMING = ("updates_per_s", "env_steps_per_s", "env_share", "act_share", "update_share", "eval_share")
+
+
+@pytest.fixture(scope="module")
+def lift_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.data.robomimic_writer import collect_robosuite_demos
+
+    path = tmp_path_factory.mktemp("resume") / "lift.hdf5"
+    collect_robosuite_demos("Lift", path, 3, noise_levels=(0.0, 0.3), seed=0, horizon=80)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained(lift_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """A smoke pretraining per action-chunk length."""
+    out = {}
+    for chunk in (1, 4):
+        run = tmp_path_factory.mktemp(f"pretrain_h{chunk}")
+        pretrain(load_config("smoke", [f"pretrain.dataset.source={lift_data}", f"sac.chunk={chunk}",
+                                       "trainer.progress=false"]), run)
+        out[chunk] = run
+    return out
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_csv_rows(path)]
+
+
+def assert_resumes_bit_identically(tmp_path: Path, overrides: list[str], pretrained: Path | None) -> None:
+    cfg = load_config("smoke", overrides)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    finetune(cfg, straight, pretrained)
+    run_killed_after_first_checkpoint(resumed, overrides, preset="smoke", pretrained=pretrained)
+    first = load_checkpoint(run_checkpoint(resumed))
+    assert 0 < first["env_step"] < cfg.finetune.total_steps
+    copies = first["copies"]
+    assert not copies["needs_reset"].all(), "the kill should leave an episode in flight to replay"
+    assert any(start[0] == "rng" for start in copies["episode_starts"]), "no episode began from the env's generator"
+    assert finetune(cfg, resumed, pretrained)["resumed_from"] == first["env_step"]
+    a, b = load_checkpoint(run_checkpoint(straight)), load_checkpoint(run_checkpoint(resumed))
+    assert a["env_step"] == b["env_step"] and a["updater"]["updates"] == b["updater"]["updates"]
+    assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == [], "weights differ"
+    assert a["buffer"]["size"] == b["buffer"]["size"]
+    for k in a["buffer"]["data"]:
+        assert torch.equal(a["buffer"]["data"][k], b["buffer"]["data"][k]), f"buffer column {k} differs"
+    for name in ("train.csv", "eval.csv"):
+        assert _rows(resumed / name) == _rows(straight / name), name
+
+
+def _overrides(lift_data: Path, start: str, mode: str, copies: int, chunk: int) -> list[str]:
+    # 25-step episodes; the first checkpoint comes in each copy's third episode, whose start a resume must replay
+    # from the env generator's state after two resets
+    common = [f"pretrain.dataset.source={lift_data}", "trainer.progress=false", "finetune.env_options.horizon=25",
+              f"finetune.total_steps={100 * copies}", f"finetune.checkpoint_every={60 * copies}",
+              f"finetune.eval_every={50 * copies}", f"finetune.log_every={20 * copies}",
+              f"finetune.vectorization_mode={mode}", f"finetune.num_envs={copies}", f"sac.chunk={chunk}"]
+    if start == "scratch":
+        return [*common, "finetune.from_pretrained=false", "finetune.random_steps=40", "finetune.learning_starts=40"]
+    return [*common, f"finetune.buffer_mode={start}"]  # seeded | mixed, from the pretrained agent
+
+
+CASES = list(itertools.product(("scratch", "seeded", "mixed"), ("sync", "async"), (1, 2), (1, 4)))
+DEFAULT = {("seeded", "sync", 1, 1), ("scratch", "async", 2, 1), ("mixed", "async", 2, 4)}
+
+
+@pytest.mark.parametrize("start, mode, copies, chunk", [
+    pytest.param(*case, marks=() if case in DEFAULT else pytest.mark.slow) for case in CASES])
+def test_killed_robosuite_run_resumes_bit_identically(start: str, mode: str, copies: int, chunk: int,
+                                                      lift_data: Path, pretrained: dict[int, Path],
+                                                      tmp_path: Path) -> None:
+    agent = None if start == "scratch" else pretrained[chunk]
+    assert_resumes_bit_identically(tmp_path, _overrides(lift_data, start, mode, copies, chunk), agent)
