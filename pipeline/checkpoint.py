@@ -30,6 +30,9 @@ def atomic_write(path: str | Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask), so others can read
+        # a shared dataset or run folder as they can files written by h5py, robosuite or robomimic
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w+b") as f:
             write(f)
             f.flush()
@@ -43,6 +46,13 @@ def atomic_write(path: str | Path, write: Any) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def previous_path(path: str | Path) -> Path:

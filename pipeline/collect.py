@@ -15,11 +15,11 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError
+from pipeline.envs.factory import ROBOSUITE_PREFIX
 from pipeline.metrics import write_json
 from pipeline.progress import stage_progress
 from pipeline.runtime import seed_everything, set_threads
 
-ROBOSUITE_PREFIX = "robosuite/"
 
 
 def _agent_policy(cfg: Config, run: str, space: Any, obs_dim: int) -> Any:
@@ -63,8 +63,12 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
         import gymnasium as gym
 
         from pipeline.data.minari_io import collect_minari
+        from pipeline.envs import make_env
 
-        env = gym.make(c.env_id, max_episode_steps=c.horizon) if c.horizon else gym.make(c.env_id)
+        if c.env_id.startswith(ROBOSUITE_PREFIX):  # registered by pipeline.envs; the env counts its own horizon
+            env = make_env(c.env_id, **({"horizon": c.horizon} if c.horizon else {}))
+        else:
+            env = gym.make(c.env_id, max_episode_steps=c.horizon) if c.horizon else gym.make(c.env_id)
         policy = None
         if c.policy_run is not None:
             if cfg.sac.chunk > 1:
@@ -72,7 +76,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
                                   f"with 'sac.chunk' = {cfg.sac.chunk} acts in chunks: collect with sac.chunk=1")
             policy = _agent_policy(cfg, c.policy_run, env.action_space, env.observation_space.shape[0])
         path = collect_minari(env, c.out, policy=policy, n_episodes=c.episodes, seed=cfg.seed,
-                              ref_max_score=c.ref_max_score, overwrite=True,
+                              ref_min_score=c.ref_min_score, ref_max_score=c.ref_max_score, overwrite=True,
                               algorithm_name="uniform random" if policy is None else f"sacflow agent {c.policy_run}")
         stats = {"kind": "minari", "dataset_id": c.out, "path": str(path), "episodes": c.episodes}
     write_json(out / "metrics.json", stats)

@@ -48,6 +48,9 @@ class CollectConfig:
     horizon: int | None = None  # episode step limit (None: the env's default)
     policy_run: str | None = None  # minari: a run dir (or checkpoint) whose agent acts; None: uniform random
     ref_max_score: float | None = None  # minari: reference expert return stored as ref_max_score
+    # minari: reference random return stored as ref_min_score (needs ref_max_score; None: Minari measures it with
+    # a uniform-random policy)
+    ref_min_score: float | None = None
 
 
 @dataclass
@@ -64,7 +67,8 @@ class PolicyConfig:
     n_heads: int = 4  # flow_t attention heads
     norm: Literal["post", "pre"] = "post"  # flow_t LayerNorm placement
     bc_target: Literal["pretanh", "raw"] = "pretanh"  # flow-matching target space for dataset actions
-    # BatchRenorm layers in the actor, batch statistics in the actor loss and running ones everywhere else. none;
+    # BatchRenorm layers in the actor, batch statistics in the SAC actor terms (on the actor's own rollout) and running
+    # ones everywhere else, pretraining's flow matching included (it evaluates off the rollout's grid). none;
     # input: on the observations; crossq: where the public CrossQ actors have them (Gaussian: input and every
     # hidden layer; Flow-MLP / Flow-G: [s, a_i] at every step; Flow-T: s, a_i and in place of its LayerNorms);
     # crossq_per_step (flows): crossq with one layer per rollout step for the input that holds a_i (the public
@@ -278,6 +282,9 @@ def validate(cfg: Config) -> None:
             f"config key 'sac.batch_size' = {cfg.sac.batch_size} is larger than 'finetune.buffer_size' = "
             f"{cfg.finetune.buffer_size}: a batch cannot be drawn from a smaller buffer"
         )
+    if cfg.collect.ref_min_score is not None and cfg.collect.ref_max_score is None:
+        raise ConfigError("config key 'collect.ref_min_score' is stored by Minari only with 'collect.ref_max_score': "
+                          "set both, or neither")
     if cfg.policy.kind == "flow_t" and cfg.policy.d_model % cfg.policy.n_heads:
         raise ConfigError(
             f"config key 'policy.d_model' = {cfg.policy.d_model} must be divisible by "
@@ -385,14 +392,32 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any], schema: type | None = None) -> dict[str, Any]:
+    """``update`` laid over ``base``, mappings merged key by key.
+
+    With ``schema`` (a config dataclass), an empty mapping given for a mapping-valued field (``finetune.env_options``)
+    clears it, as ``--set finetune.env_options={}`` asks; an empty config section (``finetune: {}`` in params.yaml)
+    changes nothing.
+    """
+    hints = typing.get_type_hints(schema) if schema is not None else {}
     out = dict(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
+        section = _section_type(hints.get(k))
+        if isinstance(v, dict) and not v and k in hints and section is None:
+            out[k] = {}
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v, section)
         else:
             out[k] = v
     return out
+
+
+def _section_type(tp: Any) -> type | None:
+    """The config dataclass a field holds (``DatasetConfig`` for ``DatasetConfig | None``), else None."""
+    for t in (tp, *typing.get_args(tp)):
+        if dataclasses.is_dataclass(t):
+            return t
+    return None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -454,7 +479,7 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"preset file {path} must hold a mapping of config sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        data = deep_merge(load_preset(base, (*_seen, name)), data)
+        data = deep_merge(load_preset(base, (*_seen, name)), data, Config)
     data["name"] = data.get("name") if data.get("name") and base is None else path.stem
     return data
 
@@ -467,9 +492,9 @@ def load_config(preset: str | None = None, overrides: list[str] | dict[str, Any]
     """
     data: dict[str, Any] = load_preset(preset) if preset else {}
     if isinstance(overrides, dict):
-        data = deep_merge(data, overrides)
+        data = deep_merge(data, overrides, Config)
     elif overrides:
-        data = deep_merge(data, overrides_to_dict(overrides))
+        data = deep_merge(data, overrides_to_dict(overrides), Config)
     return from_dict(Config, data)
 
 
@@ -482,9 +507,9 @@ def load_params(path: str | Path = "params.yaml", extra: list[str] | None = None
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must hold a mapping, got {type(params).__name__}")
     preset = params.pop("preset", None)
-    data = deep_merge(load_preset(preset) if preset else {}, params)
+    data = deep_merge(load_preset(preset) if preset else {}, params, Config)
     if extra:
-        data = deep_merge(data, overrides_to_dict(extra))
+        data = deep_merge(data, overrides_to_dict(extra), Config)
     try:
         return from_dict(Config, data)
     except ConfigError as e:

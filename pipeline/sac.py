@@ -124,19 +124,25 @@ def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: 
     Online SAC uses ``q_weight=1``; offline pretraining adds the flow-matching BC loss (``flow_weight``); pure BC
     is ``q_weight=bc_weight=0``, which skips the rollout entirely.
     """
-    with batch_statistics(agent.actor):  # CrossQ's actor: its BatchRenorm layers read batch statistics here only
-        return _actor_loss(agent, batch, bc_weight, q_weight, flow_weight)
-
-
-def _actor_loss(agent: SACAgent, batch: Batch, bc_weight: float, q_weight: float,
-                flow_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     obs = agent.normalize(batch.obs)
     loss = torch.zeros((), device=obs.device)
     info: dict[str, torch.Tensor] = {}
     if flow_weight > 0:
+        # flow matching evaluates the velocity at interpolated points and random t, off the rollout's grid: an actor
+        # with BatchRenorm layers normalizes them with its running statistics and must not move them
         flow = agent.actor.bc_loss(obs, batch.actions)
         loss = loss + flow_weight * flow
         info["flow_loss"] = flow.detach()
+    with batch_statistics(agent.actor):  # CrossQ's actor: its BatchRenorm layers read batch statistics here only
+        loss = loss + _policy_terms(agent, obs, batch, bc_weight, q_weight, info)
+    info["actor_loss"] = loss.detach()
+    return loss, info
+
+
+def _policy_terms(agent: SACAgent, obs: torch.Tensor, batch: Batch, bc_weight: float, q_weight: float,
+                  info: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``q_weight * mean[alpha log pi - Q] + bc_weight * mean||a~ - a_data||^2`` on the actor's own samples."""
+    loss = torch.zeros((), device=obs.device)
     if q_weight > 0 or bc_weight > 0:
         actions, log_prob, log_sigma = agent.actor.sample_with_log_sigma(obs, noise_std=agent.actor_noise_std)
         info.update(log_prob=log_prob.detach().mean(), entropy=-log_prob.detach().mean(),
@@ -155,8 +161,7 @@ def _actor_loss(agent: SACAgent, batch: Batch, bc_weight: float, q_weight: float
             bc = (actions - batch.actions).pow(2).mean()
             loss = loss + bc_weight * bc
             info["bc_mse"] = bc.detach()
-    info["actor_loss"] = loss.detach()
-    return loss, info
+    return loss
 
 
 def alpha_loss(agent: SACAgent, log_prob: torch.Tensor) -> torch.Tensor:

@@ -240,7 +240,14 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     dcfg = finetune_dataset(cfg)
     offline = load_offline(dcfg) if dcfg is not None else None
     options = env_options_for(ft.env_id, offline, ft.env_options)
-    space_env = make_env(ft.env_id, **options)  # its spaces, checked against the data before any worker starts
+    try:
+        space_env = make_env(ft.env_id, **options)  # its spaces, checked against the data before any worker starts
+    except ValueError as e:
+        if not ft.env_options:
+            raise
+        raise ConfigError(f"config key 'finetune.env_options' = {ft.env_options!r} does not fit env "
+                          f"{ft.env_id!r}: {e}. Options a preset set for another env are cleared with "
+                          "--set 'finetune.env_options={}'") from e
     obs_dim, act_dim = space_env.observation_space.shape[0], space_env.action_space.shape[0]
     space_env.close()
     if offline is not None:

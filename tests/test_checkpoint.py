@@ -32,6 +32,21 @@ def test_save_keeps_previous_generation_and_no_temp_files(tmp_path: Path) -> Non
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.prev.pt", "last.pt"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes go through a private temp file, but the file they leave has the mode a plain open() gives."""
+    from pipeline.data import TransitionDataset, write_d4rl
+
+    old = os.umask(umask)
+    try:
+        save_checkpoint({"step": 1}, tmp_path / "last.pt")
+        write_d4rl(TransitionDataset.random(20, 3, 2, source="x"), tmp_path / "data.hdf5")
+    finally:
+        os.umask(old)
+    for name in ("last.pt", "data.hdf5"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_a_dict"])
 def test_unreadable_last_falls_back_to_previous_with_warning(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "last.pt"

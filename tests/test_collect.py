@@ -29,3 +29,29 @@ def test_minari_dataset_from_a_trained_agent(tmp_path: Path, monkeypatch: pytest
     assert len(ds) == 2 * 200 and ds.obs_dim == 3 and ds.act_dim == 1  # Pendulum episodes are 200 steps
     assert ds.timeouts.sum() == 2 and ds.terminals.sum() == 0  # time limits, not terminals
     assert ds.meta["ref_max_score"] == -150.0
+
+
+def test_minari_collection_on_a_robosuite_env_through_the_cli(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import minari
+
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    code = main(["collect", "--preset", "smoke", "--quiet", "--out", str(tmp_path / "collect"),
+                 "--set", "collect.kind=minari", "--set", "collect.env_id=robosuite/Lift", "--set", "collect.episodes=2",
+                 "--set", "collect.horizon=12", "--set", "collect.out=sacflow/lift-random-v0"])
+    assert code in (0, None)
+    ds = load_dataset("minari", "sacflow/lift-random-v0")
+    assert len(ds) == 2 * 12 and ds.act_dim == 7 and ds.timeouts.sum() == 2
+    env = minari.load_dataset("sacflow/lift-random-v0").recover_environment()  # Minari rebuilds it from its spec
+    assert env.unwrapped.spec.id == "robosuite/Lift" and env.observation_space.shape == (ds.obs_dim,)
+    env.close()
+
+
+def test_d4rl_references_of_the_hopper_preset_are_d4rl_s() -> None:
+    """The preset's comment says its returns are normalized with D4RL's Hopper references: both of them are."""
+    from pipeline.data import D4RL_REF_SCORES
+
+    c = load_config("hopper_o2o").collect
+    assert (c.ref_min_score, c.ref_max_score) == D4RL_REF_SCORES["hopper"]

@@ -166,6 +166,27 @@ def test_params_yaml(tmp_path: Path) -> None:
         load_params(tmp_path / "missing.yaml")
 
 
+def test_an_empty_mapping_clears_a_mapping_field_and_leaves_a_section(tmp_path: Path) -> None:
+    assert load_config("smoke").finetune.env_options == {"horizon": 80}
+    assert load_config("smoke", ["finetune.env_options={}"]).finetune.env_options == {}
+    merged = load_config("smoke", ["finetune.env_options.terminate_on_success=false"]).finetune.env_options
+    assert merged == {"horizon": 80, "terminate_on_success": False}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"preset": "smoke", "finetune": {}, "sac": {}}))
+    cfg = load_params(path)
+    assert cfg.finetune.env_options == {"horizon": 80} and cfg.finetune.total_steps == 160
+    assert load_params(path, ["finetune.env_options={}"]).finetune.env_options == {}
+
+
+def test_env_options_left_for_another_env_name_the_key_and_how_to_clear_it(tmp_path: Path) -> None:
+    from pipeline.train import finetune
+
+    cfg = load_config("smoke", ["finetune.env_id=Pendulum-v1", "finetune.from_pretrained=false",
+                                "trainer.progress=false"])
+    with pytest.raises(ConfigError, match=r"'finetune.env_options' = \{'horizon': 80\}.*finetune.env_options=\{\}"):
+        finetune(cfg, tmp_path)
+
+
 def test_repository_params_yaml_loads() -> None:
     path = Path(__file__).resolve().parent.parent / "params.yaml"
     if not path.is_file():

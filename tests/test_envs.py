@@ -164,6 +164,17 @@ def test_obs_keys_order_and_env_args_round_trip(lift: RobosuiteEnv, lift_custom:
     json.dumps(args)  # must be storable as a dataset attribute
 
 
+def test_env_args_written_by_robomimic_convert_robosuite_are_accepted(lift: RobosuiteEnv) -> None:
+    """robomimic's convert_robosuite.py stores robosuite's env_info, env_name included, as env_kwargs."""
+    converted = {**lift.env_args, "env_kwargs": {"env_name": "Lift", **lift.env_args["env_kwargs"]}}
+    env = make_env("robosuite/Lift", env_args=json.dumps(converted))
+    assert env.env_args["env_kwargs"] == lift.env_args["env_kwargs"]
+    env.close()
+    other = {**converted, "env_kwargs": {**converted["env_kwargs"], "env_name": "Stack"}}
+    with pytest.raises(ValueError, match="env_kwargs names env 'Stack', env_args names 'Lift'"):
+        make_env("robosuite/Lift", env_args=other)
+
+
 def test_horizon_truncates(lift_custom: RobosuiteEnv) -> None:
     lift_custom.reset(seed=2)
     ends = [lift_custom.step(np.zeros(7))[2:4] for _ in range(5)]

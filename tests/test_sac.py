@@ -412,3 +412,24 @@ def test_actor_batch_renorm_moves_only_in_the_actor_loss(kind: str, mode: str) -
     fresh = tiny_agent({"kind": kind, "batch_renorm": mode}, {"kind": "crossq"}, seed=3)
     fresh.load_state_dict(agent.state_dict())  # the layers' statistics travel with checkpoints
     torch.testing.assert_close(fresh.act(batch.obs, deterministic=True), agent.act(batch.obs, deterministic=True))
+
+
+@pytest.mark.parametrize("kind", ["flow_mlp", "flow_g", "flow_t"])
+@pytest.mark.parametrize("layout", ["crossq", "crossq_per_step"])
+def test_flow_matching_reads_the_actors_running_statistics_and_leaves_them(kind: str, layout: str) -> None:
+    """Pretraining's flow-matching term evaluates the velocity off the rollout's grid (interpolated a_t, random t):
+    it normalizes with running statistics and moves none; the SAC terms on the actor's own rollout move them."""
+    agent = tiny_agent({"kind": kind, "batch_renorm": layout})
+    layers = [m for m in agent.actor.modules() if isinstance(m, ActorBatchRenorm)]
+    assert layers
+
+    def stats() -> list[torch.Tensor]:
+        return [t.clone() for m in layers for t in (m.running_mean, m.running_var, m.steps)]
+
+    before = stats()
+    loss, info = actor_loss(agent, random_batch(16), q_weight=0.0, flow_weight=1.0)
+    loss.backward()
+    assert torch.isfinite(info["flow_loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, stats()))
+    actor_loss(agent, random_batch(16), q_weight=1.0, flow_weight=1.0)  # pretraining's joint objective runs
+    assert not all(torch.equal(a, b) for a, b in zip(before, stats()))

@@ -97,12 +97,21 @@ def parse_env_args(env_args: Mapping[str, Any] | str | bytes) -> dict[str, Any]:
             raise ValueError(f"option 'env_args': missing key {key!r} (has {sorted(env_args)})")
     if not isinstance(env_args["env_kwargs"], Mapping):
         raise ValueError("option 'env_args': 'env_kwargs' must be a dict")
+    env_args = copy.deepcopy(dict(env_args))
+    # robomimic's convert_robosuite.py keeps robosuite's env_info, env_name included, as env_kwargs; robomimic
+    # drops it there, and so does this reader (it names the env once, as env_args' own env_name)
+    inner = env_args["env_kwargs"] = dict(env_args["env_kwargs"])
+    if "env_name" in inner:
+        name = inner.pop("env_name")
+        if name != env_args["env_name"]:
+            raise ValueError(f"option 'env_args': env_kwargs names env {name!r}, env_args names "
+                             f"{env_args['env_name']!r}")
     env_type = env_args.get("type", ROBOSUITE_ENV_TYPE)
     if env_type != ROBOSUITE_ENV_TYPE:
         raise ValueError(
             f"option 'env_args': type={env_type!r} is not a robosuite env (robomimic type {ROBOSUITE_ENV_TYPE})"
         )
-    return copy.deepcopy(dict(env_args))
+    return env_args
 
 
 def _is_sim_error(exc: BaseException) -> bool:
