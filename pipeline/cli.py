@@ -13,7 +13,9 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from pipeline import preemption
 from pipeline.config import Config, ConfigError, list_presets, load_config, load_params
 from pipeline.exp_queue import QueueError
 from pipeline.progress import console, results_console
@@ -433,8 +436,14 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    # SIGTERM (docker stop, a scheduler's pre-emption notice): a training stage checkpoints the step it is at
+    stops = (signal.SIGTERM,) if threading.current_thread() is threading.main_thread() else ()
     try:
-        result = args.func(args)
+        with preemption.stopping_on(*stops):
+            result = args.func(args)
+    except preemption.StopRequested as e:
+        console.print(f"[yellow]{e}[/yellow]: run the same command again to resume")
+        return 128 + signal.SIGTERM
     except ConfigError as e:
         console.print(f"[red]config error:[/red] {e}")
         return 2

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from pipeline import preemption
 from pipeline.buffers import OfflineOnlineSampler
 from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
@@ -206,6 +207,7 @@ class OnlineRunner:
         if self.env_step >= self.next_checkpoint:
             self.save()
             self.next_checkpoint = (self.env_step // ft.checkpoint_every + 1) * ft.checkpoint_every
+        preemption.check(self.save, self.env_step)
 
     def write_log_row(self) -> None:
         now = time.perf_counter()

@@ -5,13 +5,14 @@ and the DVC matrix, so ``sacflow table gather --runs <out>`` builds the same tab
 submitit:
 
 - a job nearing its time limit gets Slurm's warning signal (USR2, 90 s before), checkpoints and requeues itself
-  (:class:`PresetRun` is a ``submitit.helpers.Checkpointable``; a cluster that signals preemption with USR2 too
-  gets the same);
-- a job that stopped otherwise (``scancel``, preemption by SIGTERM, a crash, a lost node) is restarted by
-  :func:`resubmit`, which submits every run that has no ``evaluate/metrics.json`` and no job in the queue.
+  (:class:`PresetRun` is a ``submitit.helpers.Checkpointable``); it resumes from its stage's last checkpoint;
+- a job sent SIGTERM (what Slurm sends before it pre-empts a job) stops its training stage at the next step,
+  checkpoints that step, and requeues itself the same way, unless Slurm is ending the job anyway (``scancel``);
+- a job that stopped otherwise (``scancel``, a crash, a lost node) is restarted by :func:`resubmit`, which submits
+  every run that has no ``evaluate/metrics.json`` and no job in the queue.
 
-Either way the rerun resumes in the same directory: finished stages are skipped, an interrupted stage resumes from
-its last checkpoint. Only the steps since that checkpoint are repeated.
+Every way the rerun resumes in the same directory: finished stages are skipped, an interrupted stage resumes from
+its last checkpoint and ends bit-identical to an uninterrupted run (``pipeline.online``).
 
 Layout of ``out``::
 
@@ -22,8 +23,11 @@ Layout of ``out``::
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError
 
+from pipeline import preemption
 from pipeline.benchmark import run_name, run_preset
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_json, write_json
@@ -66,13 +71,35 @@ class Resources:
 
 class PresetRun(submitit.helpers.Checkpointable):
     """The job: one (preset, seed) run. On Slurm's time-limit warning submitit calls ``checkpoint``, whose default
-    requeues this same call; the stages' own checkpoints on disk make the rerun resume."""
+    requeues this same call; the stages' own checkpoints on disk make the rerun resume. SIGTERM (pre-emption) stops
+    the running stage at a step boundary with a checkpoint of that step, then takes the same way out."""
 
     def __call__(self, preset: str, seed: int, out_dir: str, overrides: list[str]) -> dict[str, Any]:
         from pipeline.cli import quiet_libraries
 
         quiet_libraries()
-        return run_preset(preset, seed, out_dir, overrides)
+        preemption.stop_on(signal.SIGTERM)  # submitit ignores SIGTERM; its own handlers are in place by now
+        try:
+            return run_preset(preset, seed, out_dir, overrides)
+        except preemption.StopRequested:
+            # a job Slurm is ending (scancel: COMPLETING) stays ended; one still RUNNING was only warned: requeue it
+            if _job_state() != "RUNNING":
+                raise
+            # submitit's time-limit handler checkpoints this call, requeues the job and exits
+            os.kill(os.getpid(), signal.Signals["SIG" + submitit.JobEnvironment.USR_SIG])
+            time.sleep(60)  # the handler runs at once and exits; a job it could not requeue ends here
+            raise
+
+
+def _job_state() -> str | None:
+    """This job's state as Slurm has it (``RUNNING``, ``CANCELLED``, ...), or None outside a job or on an error."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return None
+    result = subprocess.run(["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True,
+                            check=False, timeout=30)
+    fields = dict(f.split("=", 1) for f in result.stdout.split() if "=" in f)
+    return fields.get("JobState")
 
 
 def is_finished(run_dir: str | Path) -> bool:

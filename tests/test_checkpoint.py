@@ -166,3 +166,36 @@ def test_killed_and_resumed_run_is_bit_identical(mode: str, tmp_path: Path) -> N
     # the resumed logs hold every row once, as the uninterrupted run's do
     for name in ("train.csv", "eval.csv"):
         assert logged_env_steps(resumed / name) == logged_env_steps(straight / name), name
+
+
+def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """The CLI's answer to SIGTERM (a scheduler's pre-emption notice): stop after the current step with a checkpoint
+    of that step, exit 143; the same command run again resumes there and ends bit-identical."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = [*OVERRIDES, "finetune.checkpoint_every=10000"]  # no scheduled checkpoint before the end
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    finetune(load_config(overrides=overrides), straight)
+    cmd = [sys.executable, "-m", "pipeline.cli", "finetune", "--quiet", "--out", str(stopped),
+           *(x for o in overrides for x in ("--set", o))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (stopped / "train.csv").exists() or len(logged_env_steps(stopped / "train.csv")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    first = torch.load(stopped / "checkpoints" / "last.pt", weights_only=False)
+    assert f"after step {first['env_step']}" in " ".join(output.split())
+    assert 200 <= first["env_step"] < 600
+    finetune(load_config(overrides=overrides), stopped)
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(stopped / "checkpoints" / "last.pt", weights_only=False)
+    assert a["env_step"] == b["env_step"] == 600
+    assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == []
+    for k in a["buffer"]["data"]:
+        assert torch.equal(a["buffer"]["data"][k], b["buffer"]["data"][k]), k

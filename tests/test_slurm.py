@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import pipeline
 from pipeline.benchmark import run_preset
@@ -207,9 +208,11 @@ def test_jobs_resume_after_requeue_and_resubmit(slurm_cluster: LocalCluster, tmp
         logs = "\n".join(f"--- {p.name}\n{_tail(p)}" for p in sorted((out / LOGS_DIR).glob("*/*_log.err")))
         return f"{status(out)}\n{logs}\n{slurm_cluster.diagnostics()}"
 
-    # Stop the first two runs found in the middle of a checkpointed stage, two ways:
+    # Stop each run in the middle of a checkpointed stage, three ways:
     # - the time-limit warning (USR2, what Slurm sends 90 s before --time): submitit checkpoints the job and it
-    #   requeues itself under the same job id;
+    #   requeues itself under the same job id, resuming from the stage's last checkpoint;
+    # - SIGTERM (what Slurm sends before pre-empting a job): the stage checkpoints the step it is at, and the job
+    #   requeues itself;
     # - scancel: the job is gone, and `sacflow slurm resubmit` starts a new one.
     stopped: dict[str, dict[str, Any]] = {}
 
@@ -220,13 +223,14 @@ def test_jobs_resume_after_requeue_and_resubmit(slurm_cluster: LocalCluster, tmp
                 return name, stage
         return None
 
-    for how in ("requeue", "cancel"):
+    signals = {"requeue": ["--signal=USR2"], "term": ["--signal=TERM"], "cancel": []}
+    for how, flags in signals.items():
         name, stage = _wait(mid_stage, 90, f"a run in a checkpointed stage to {how}", diagnostics)
         collected = (out / name / "collect/metrics.json").stat().st_mtime_ns
-        cmd = ["scancel", "--signal=USR2", first_job[name]] if how == "requeue" else ["scancel", first_job[name]]
-        subprocess.run(cmd, check=True)
+        subprocess.run(["scancel", *flags, first_job[name]], check=True)
         stopped[name] = {"how": how, "stage": stage, "collect_mtime": collected}
     requeued = next(n for n, s in stopped.items() if s["how"] == "requeue")
+    terminated = next(n for n, s in stopped.items() if s["how"] == "term")
     cancelled = next(n for n, s in stopped.items() if s["how"] == "cancel")
 
     _wait(lambda: first_job[cancelled] not in queue_states(), 30, "the cancelled job to leave the queue", diagnostics,
@@ -241,14 +245,23 @@ def test_jobs_resume_after_requeue_and_resubmit(slurm_cluster: LocalCluster, tmp
     _wait(lambda: all(is_finished(out / name) for name in first_job), 150, "every run to finish", diagnostics, every=1)
     _wait(lambda: all(r["state"] == "FINISHED" for r in status(out)), 30, "every job to leave the queue", diagnostics,
           every=0.5)
-    assert len(load_jobs(out)[requeued]["jobs"]) == 1, "the requeued run needed no resubmission"
-    job_log = out / LOGS_DIR / first_job[requeued] / f"{first_job[requeued]}_0_log.out"
-    assert f"Requeued job {first_job[requeued]}" in job_log.read_text(), "submitit requeued the job itself"
+    for name in (requeued, terminated):
+        assert len(load_jobs(out)[name]["jobs"]) == 1, f"the {stopped[name]['how']} run needed no resubmission"
+        job_log = out / LOGS_DIR / first_job[name] / f"{first_job[name]}_0_log.out"
+        assert f"Requeued job {first_job[name]}" in job_log.read_text(), f"{name}: the job requeued itself"
     for name, info in stopped.items():
         resumed = read_json(out / name / info["stage"] / "metrics.json")["resumed_from"]
         assert resumed > 0, f"{name} ({info['how']}) restarted its {info['stage']} from scratch"
         assert (out / name / "collect/metrics.json").stat().st_mtime_ns == info["collect_mtime"], \
             f"{name} collected its demos again instead of keeping them"
+        # stopped, requeued or resubmitted, and resumed: the run ends where an uninterrupted one of it ends
+        seed = int(name.rsplit("-s", 1)[1])
+        reference = tmp_path / "uninterrupted" / name
+        run_preset("smoke", seed, reference, FAST)
+        for stage in ("pretrain", "finetune"):
+            a = torch.load(reference / stage / RUN_CHECKPOINT, weights_only=False)["agent"]
+            b = torch.load(out / name / stage / RUN_CHECKPOINT, weights_only=False)["agent"]
+            assert [k for k in a if not torch.equal(a[k], b[k])] == [], f"{name} ({info['how']}): {stage} differs"
 
     assert main(["table", "gather", "--runs", str(out), "--out", str(tmp_path / "table.md")]) == 0
     rows = read_json(tmp_path / "table.json")["rows"]

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from pipeline import preemption
 from pipeline.buffers import ReplayBuffer
 from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
@@ -90,6 +91,8 @@ class OfflinePretrain(L.LightningModule):
                 self.log_csv.append(row)
         if self.step_count % pt.checkpoint_every == 0:
             self.save()
+        if self.trainer.world_size == 1:  # data-parallel ranks stop together only at their collective checkpoints
+            preemption.check(self.save, self.step_count)
         self._last_timed = (self.step_count, time.perf_counter())
         self._first_timed = self._first_timed or self._last_timed
         if self.progress is not None:
