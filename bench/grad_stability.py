@@ -4,7 +4,7 @@
                                    [--out bench/results/grad_stability]
 
 Each (policy, K) trains from scratch with the same seed and settings (``scratch_base`` with smaller nets, then any
-``--set`` overrides) through ``pipeline.train.finetune``, in segments of ``--profile-every`` env steps (each
+``--set`` overrides) through ``pipeline.workflow.finetune``, in segments of ``--profile-every`` env steps (each
 segment resumes the run's checkpoint). Two measurements:
 
 - the actor's parameter gradient norm, logged every ``--log-every`` env steps (``grad_norm.csv``/``.png``);
@@ -27,10 +27,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.cli import quiet_libraries  # noqa: E402
+from pipeline.terminal import quiet_libraries  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.diagnostics import checkpoint_gradient_profile  # noqa: E402
-from pipeline.train import finetune  # noqa: E402
+from pipeline.workflow.finetune import finetune  # noqa: E402
 
 
 def read_csv(path: Path) -> list[dict]:

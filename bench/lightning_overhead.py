@@ -15,12 +15,12 @@ import time
 import torch
 
 from pipeline.buffers import ReplayBuffer
-from pipeline.cli import quiet_libraries
+from pipeline.terminal import quiet_libraries
 from pipeline.config import load_config
 from pipeline.data import TransitionDataset
 from pipeline.lightning import OfflinePretrain, StepDataModule
 from pipeline.sac import SACAgent, SACUpdater, make_optimizers
-from pipeline.train import make_trainer
+from pipeline.workflow.common import make_trainer
 
 
 def synthetic_dataset(n: int, obs_dim: int = 17, act_dim: int = 6) -> TransitionDataset:

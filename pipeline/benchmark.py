@@ -42,8 +42,9 @@ def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: Overrides
     """The whole pipeline for one preset and seed inside ``out_dir``; returns the evaluate stage's metrics.
 
     ``overrides`` change the preset for this run (``--set`` strings or a nested mapping, as in ``params.yaml``).
-    Run again on the same ``out_dir`` (a requeued or resubmitted job), it resumes: a finished collect is kept, and
-    pretrain and finetune resume from their last checkpoints. ``out_dir/run.json`` records the preset, seed and
+    The stages are those of :data:`pipeline.workflow.STAGE_NAMES` the config's run includes. Run again on the same
+    ``out_dir`` (a requeued or resubmitted job), it resumes: finished stages are kept, and pretrain and finetune
+    resume from their last checkpoints. ``out_dir/run.json`` records the preset, seed and
     overrides; another combination in the same directory is an error rather than a silent mix of two runs.
     """
     out = Path(out_dir)
@@ -53,8 +54,7 @@ def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: Overrides
         raise ConfigError(f"{out} holds the run {read_json(out / 'run.json')}, not {identity}: use another "
                           "directory for another preset, seed or overrides")
     # imported here: queueing and gathering tables need none of the training stack
-    from pipeline.collect import collect
-    from pipeline.train import evaluate_checkpoints, finetune, pretrain
+    from pipeline.workflow import run_dir_inputs, stages
 
     sets = deep_merge({"seed": seed, "trainer": {"progress": False}}, config)
     if load_config(preset, sets).collect.kind == "robosuite_demos":  # each run makes its own demos: no shared file, seed-dependent data
@@ -62,17 +62,15 @@ def run_preset(preset: str, seed: int, out_dir: str | Path, overrides: Overrides
         sets = deep_merge(sets, {"collect": {"out": demos}, "pretrain": {"dataset": {"source": demos}}})
     cfg = load_config(preset, sets)
     write_json(out / "run.json", identity)
-    # collect writes its metrics only once its dataset is complete, so metrics there mean it finished; collecting
-    # again would only repeat the same seeded work (it has no checkpoint, and a requeued job should not pay twice)
-    if cfg.collect.kind != "none" and not (out / "collect" / "metrics.json").exists():
-        collect(cfg, out / "collect")
-    runs: dict[str, str | Path] = {}
-    if cfg.finetune.from_pretrained:
-        pretrain(cfg, out / "pretrain")
-        runs["pretrained"] = out / "pretrain"
-    finetune(cfg, out / "finetune", pretrained=out / "pretrain" if cfg.finetune.from_pretrained else None)
-    runs["finetuned"] = out / "finetune"
-    return evaluate_checkpoints(cfg, runs, out / "evaluate")
+    metrics: dict[str, Any] = {}
+    for st in stages():
+        if not st.in_run(cfg):
+            continue
+        # a stage writes its metrics once it is complete: a finished one is kept (collect has no checkpoint, and a
+        # requeued job should not pay for seeded work twice); an interrupted one resumes from its checkpoint
+        done = out / st.name / "metrics.json"
+        metrics = read_json(done) if done.exists() else st.run(cfg, out / st.name, **run_dir_inputs(st, out, cfg))
+    return metrics  # the last stage's: evaluate
 
 
 def run_experiment(params: dict[str, Any], out_dir: str | Path, result: str | Path) -> dict[str, Any]:

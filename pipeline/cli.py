@@ -10,127 +10,20 @@ presets x seeds, in this process or as DVC experiments run by ``dvc queue`` work
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 import os
 import platform
-import signal
 import sys
-import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
-from rich.tree import Tree
 
-from pipeline import preemption
-from pipeline.config import Config, ConfigError, list_presets, load_config, load_params
+from pipeline.config import ConfigError, list_presets, load_config
 from pipeline.exp_queue import QueueError
-from pipeline.progress import console, results_console
-
-
-def _config(args: argparse.Namespace) -> Config:
-    extra = list(args.set or [])
-    if args.quiet:
-        extra.append("trainer.progress=false")
-    if args.params:
-        return load_params(args.params, extra)
-    return load_config(args.preset, extra)
-
-
-def _show_config(cfg: Config, quiet: bool, data_parallel: bool = True) -> None:
-    if quiet:
-        return
-    if data_parallel:
-        from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-        # a data-parallel run re-runs this command once per rank: only rank 0 (by Lightning's reading of the
-        # launcher's environment variables) shows the tree
-        if rank_zero_only.rank != 0:
-            return
-    tree = Tree(f"[bold]config[/bold] {cfg.name}")
-
-    def add(node: Tree, data: dict[str, Any]) -> None:
-        for k, v in data.items():
-            if isinstance(v, dict) and v:
-                add(node.add(f"[cyan]{k}"), v)
-            else:
-                node.add(f"{k} = {v!r}")
-
-    add(tree, cfg.to_dict())
-    console.print(tree)
-
-
-def _summary(title: str, metrics: dict[str, Any]) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value")
-
-    def add(prefix: str, data: dict[str, Any]) -> None:
-        for k, v in data.items():
-            if isinstance(v, dict):
-                add(f"{prefix}{k}.", v)
-            else:
-                table.add_row(prefix + k, f"{v:.4g}" if isinstance(v, float) else str(v))
-
-    add("", metrics)
-    results_console.print(table)
-
-
-def cmd_collect(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.collect import collect
-
-    cfg = _config(args)
-    if args.params and cfg.collect.kind == "none":
-        # the DVC pipeline is offline-to-online: its later stages read the dataset this stage makes
-        raise ConfigError(
-            f"preset {cfg.name!r} trains from scratch (collect.kind = 'none'), which the offline-to-online "
-            f"pipeline in dvc.yaml cannot run. Use `sacflow finetune --preset {cfg.name} --out runs/{cfg.name}`, "
-            f"or list the preset in bench/table/params.yaml and run `dvc repro bench/table/dvc.yaml`"
-        )
-    _show_config(cfg, args.quiet, data_parallel=False)  # collecting runs in one process: no rank to ask Lightning for
-    return collect(cfg, args.out)
-
-
-def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.train import pretrain
-
-    cfg = _config(args)
-    _show_config(cfg, args.quiet)
-    return pretrain(cfg, args.out)
-
-
-def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.train import finetune
-
-    cfg = _config(args)
-    _show_config(cfg, args.quiet)
-    return finetune(cfg, args.out, pretrained=args.pretrained)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.train import evaluate_checkpoints
-
-    cfg = _config(args)
-    runs = {}
-    for item in args.run or []:
-        if "=" not in item:
-            raise ConfigError(f"--run {item!r} must look like NAME=DIR (e.g. finetuned=runs/finetune)")
-        name, path = item.split("=", 1)
-        runs[name] = path
-    if not runs:
-        raise ConfigError("evaluate needs at least one --run NAME=DIR")
-    return evaluate_checkpoints(cfg, runs, args.out)
-
-
-def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.report import build_report
-
-    cfg = _config(args)
-    build_report(args.evaluate, args.finetune, args.pretrain, args.out, title=f"sacflow: {cfg.name}")
-    console.print(f"report written to {Path(args.out) / 'report.md'}")
-    return {}  # the report's own table is the summary
+from pipeline.terminal import console, results_console
+from pipeline.workflow import add_arguments, execute, run_command, stages
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -359,30 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sacflow", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def stage(name: str, help_: str, out: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--preset", default="default", help="config preset: a name in configs/ (see `sacflow presets`)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-        p.add_argument("--params", help="read the config from a DVC params file instead of --preset")
-        p.add_argument("--out", default=out, help=f"output directory (default {out}); rerun on it to resume")
-        p.add_argument("--quiet", action="store_true", help="no progress bars or config tree (CI, logs)")
-        return p
-
-    stage("collect", "make the dataset: scripted robosuite demos or a Minari dataset", "runs/collect")\
-        .set_defaults(func=cmd_collect)
-    stage("pretrain", "offline pretraining: flow-matching BC + SAC critic + regularized actor", "runs/pretrain")\
-        .set_defaults(func=cmd_pretrain)
-    p = stage("finetune", "online SAC fine-tuning (or training from scratch)", "runs/finetune")
-    p.add_argument("--pretrained", help="pretrain run directory (or checkpoint file) to start from")
-    p.set_defaults(func=cmd_finetune)
-    p = stage("evaluate", "evaluate trained agents on fixed seeds", "runs/evaluate")
-    p.add_argument("--run", action="append", metavar="NAME=DIR", help="a run to evaluate (repeatable)")
-    p.set_defaults(func=cmd_evaluate)
-    p = stage("report", "markdown report with results table and learning curves", "runs/report")
-    p.add_argument("--evaluate", default="runs/evaluate", help="evaluate stage output directory")
-    p.add_argument("--finetune", default="runs/finetune", help="finetune stage output directory")
-    p.add_argument("--pretrain", default="runs/pretrain", help="pretrain stage output directory")
-    p.set_defaults(func=cmd_report)
+    for st in stages():  # one subcommand per stage, in pipeline order
+        p = sub.add_parser(st.name, help=st.help, description=st.help)
+        add_arguments(p, st)
+        p.set_defaults(func=functools.partial(run_command, st))
     about = "benchmark table: presets x seeds, mean and 95 % CI over seeds"
     p = sub.add_parser("table", help=about.replace("%", "%%"), description=about)
     tsub = p.add_subparsers(dest="table_command", required=True)
@@ -421,43 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Lightning's data-loader advice and robosuite's per-env warnings say nothing about an RL stage (Lightning's
-    banners are quieted where a Trainer is built: :func:`pipeline.train.make_trainer`)."""
-    # robosuite warns on every env build that the Panda has no torso/head/base/legs controller to configure
-    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*IterableDataset.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    # where Slurm's client tools are installed, Lightning suggests srun to every single-process run
-    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
-    # SIGTERM (docker stop, a scheduler's pre-emption notice): a training stage checkpoints the step it is at
-    stops = (signal.SIGTERM,) if threading.current_thread() is threading.main_thread() else ()
-    try:
-        with preemption.stopping_on(*stops):
-            result = args.func(args)
-    except preemption.StopRequested as e:
-        console.print(f"[yellow]{e}[/yellow]: run the same command again to resume")
-        return 128 + signal.SIGTERM
-    except ConfigError as e:
-        console.print(f"[red]config error:[/red] {e}")
-        return 2
-    except ValueError as e:  # DatasetError and friends: a named file/key and what was expected
-        console.print(f"[red]error:[/red] {e}")
-        return 2
-    except QueueError as e:  # git or DVC said no: the message has their output
-        console.print("[red]error:[/red]", escape(str(e)))
-        return 1
-    if isinstance(result, int):  # a command's own exit status
-        return result
-    if isinstance(result, dict) and result:
-        _summary(f"sacflow {args.command}", result)
-    return 0
+
+    def command() -> Any:
+        try:
+            return args.func(args)
+        except QueueError as e:  # git or DVC said no: the message has their output
+            console.print("[red]error:[/red]", escape(str(e)))
+            return 1
+
+    return execute(command, f"sacflow {args.command}")
 
 
 if __name__ == "__main__":

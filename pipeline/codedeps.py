@@ -123,6 +123,7 @@ def sync_dvc_yaml(path: Path = REPO / "dvc.yaml", write: bool = False) -> list[s
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 120
+    yaml.indent(mapping=2, sequence=4, offset=2)  # dvc.yaml's own layout
     doc = yaml.load(path.read_text())
     stale = []
     for name, stage in doc["stages"].items():
@@ -134,9 +135,11 @@ def sync_dvc_yaml(path: Path = REPO / "dvc.yaml", write: bool = False) -> list[s
         if [d for d in deps if _is_code(d)] == wanted:
             continue
         stale.append(name)
-        others = [d for d in deps if not _is_code(d)]
-        deps.clear()
-        deps.extend([*wanted, *others])
+        for i in reversed(range(len(deps))):  # in place, so the comments on the other deps stay with them
+            if _is_code(deps[i]):
+                del deps[i]
+        for i, dep in enumerate(wanted):
+            deps.insert(i, dep)
     if write and stale:
         with path.open("w") as f:
             yaml.dump(doc, f)

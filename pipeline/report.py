@@ -14,7 +14,7 @@ import yaml  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from pipeline.metrics import read_csv_rows, read_json, write_json  # noqa: E402
-from pipeline.progress import results_console  # noqa: E402
+from pipeline.terminal import results_console  # noqa: E402
 
 
 def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[list[float], list[float]]:

@@ -47,7 +47,6 @@ class SlurmError(ValueError):
 
 JOBS_FILE = Path("_slurm") / "jobs.json"
 LOGS_DIR = Path("_slurm") / "logs"
-STAGES = ("collect", "pretrain", "finetune", "evaluate")  # in the order run_preset runs them
 
 
 @dataclass
@@ -75,7 +74,7 @@ class PresetRun(submitit.helpers.Checkpointable):
     the running stage at a step boundary with a checkpoint of that step, then takes the same way out."""
 
     def __call__(self, preset: str, seed: int, out_dir: str, overrides: list[str]) -> dict[str, Any]:
-        from pipeline.cli import quiet_libraries
+        from pipeline.terminal import quiet_libraries
 
         quiet_libraries()
         preemption.stop_on(signal.SIGTERM)  # submitit ignores SIGTERM; its own handlers are in place by now
@@ -225,12 +224,11 @@ def submit(out: str | Path, presets: list[str], seeds: list[int], overrides: lis
 
 
 def _stages(run: dict[str, Any]) -> list[str]:
-    """The stages a run goes through: from-scratch presets have no collect and no pretraining."""
+    """The stages a run goes through, in order (a from-scratch preset has no collect and no pretraining)."""
+    from pipeline.workflow import stages
+
     cfg = load_config(run["preset"], [f"seed={run['seed']}", *run["overrides"]])
-    skip = {"collect"} if cfg.collect.kind == "none" else set()
-    if not cfg.finetune.from_pretrained:
-        skip.add("pretrain")
-    return [s for s in STAGES if s not in skip]
+    return [st.name for st in stages() if st.in_run(cfg)]
 
 
 def status(out: str | Path) -> list[dict[str, Any]]:

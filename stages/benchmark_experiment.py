@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 
 from pipeline.benchmark import run_experiment
-from pipeline.cli import quiet_libraries
+from pipeline.terminal import quiet_libraries
 from pipeline.config import ConfigError
 
 p = argparse.ArgumentParser(description=__doc__)

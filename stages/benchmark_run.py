@@ -3,7 +3,7 @@
 import argparse
 
 from pipeline.benchmark import run_preset
-from pipeline.cli import quiet_libraries
+from pipeline.terminal import quiet_libraries
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--preset", required=True)

@@ -1,5 +1,5 @@
-"""DVC stage ``collect``: make the dataset named by ``collect.out`` (params: preset, seed, collect)."""
+"""DVC stage ``collect``: make the dataset named by ``collect.out``."""
 
-from _stage import run
+from pipeline.workflow import collect, dvc_main
 
-run("collect", "--out", "runs/collect")
+dvc_main(collect.STAGE)

@@ -1,5 +1,5 @@
-"""DVC stage ``evaluate``: success rate / return of the agent before and after fine-tuning (params: evaluate)."""
+"""DVC stage ``evaluate``: the agent before and after fine-tuning on the same fixed-seed episodes."""
 
-from _stage import run
+from pipeline.workflow import evaluate, dvc_main
 
-run("evaluate", "--run", "pretrained=runs/pretrain", "--run", "finetuned=runs/finetune", "--out", "runs/evaluate")
+dvc_main(evaluate.STAGE)

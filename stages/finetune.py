@@ -1,5 +1,5 @@
-"""DVC stage ``finetune``: online fine-tuning from the pretrain stage's checkpoint (params: ... finetune)."""
+"""DVC stage ``finetune``: online fine-tuning from the pretrain stage's checkpoint."""
 
-from _stage import run
+from pipeline.workflow import finetune, dvc_main
 
-run("finetune", "--pretrained", "runs/pretrain", "--out", "runs/finetune")
+dvc_main(finetune.STAGE)

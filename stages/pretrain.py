@@ -1,6 +1,8 @@
-"""DVC stage ``pretrain``: offline pretraining on ``pretrain.dataset`` (params: preset, seed, policy, critic, sac,
-pretrain)."""
+"""DVC stage ``pretrain``: offline pretraining on ``pretrain.dataset``.
 
-from _stage import run
+Extra arguments pass through: ``python stages/pretrain.py --set trainer.devices=2 --set trainer.strategy=ddp``.
+"""
 
-run("pretrain", "--out", "runs/pretrain")
+from pipeline.workflow import pretrain, dvc_main
+
+dvc_main(pretrain.STAGE)

@@ -1,6 +1,5 @@
 """DVC stage ``report``: runs/report/report.md with the results table and learning curves."""
 
-from _stage import run
+from pipeline.workflow import report, dvc_main
 
-run("report", "--evaluate", "runs/evaluate", "--finetune", "runs/finetune", "--pretrain", "runs/pretrain",
-    "--out", "runs/report")
+dvc_main(report.STAGE)

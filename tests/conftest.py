@@ -146,7 +146,7 @@ def assert_sane(ds: Any) -> None:
 _FINETUNE_CHILD = """
 import sys
 from pipeline.config import load_config
-from pipeline.train import finetune
+from pipeline.workflow.finetune import finetune
 out, preset, pretrained, *overrides = sys.argv[1:]
 finetune(load_config(preset or None, overrides), out, pretrained or None)
 """

@@ -19,9 +19,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from pipeline.cli import quiet_libraries
+from pipeline.terminal import quiet_libraries
 from pipeline.config import load_config
-from pipeline.train import pretrain
+from pipeline.workflow.pretrain import pretrain
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 

@@ -16,7 +16,7 @@ from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoin
 from pipeline.config import load_config
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Optimizers, SACUpdater, make_optimizers
-from pipeline.train import finetune
+from pipeline.workflow.finetune import finetune
 
 def test_save_keeps_previous_generation_and_no_temp_files(tmp_path: Path) -> None:
     path = tmp_path / "ckpt" / "last.pt"

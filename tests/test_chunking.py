@@ -16,7 +16,7 @@ from pipeline.data.dataset import TransitionDataset
 from pipeline.metrics import CSVLog
 from pipeline.online import TRAIN_COLUMNS
 from pipeline.sac import critic_loss
-from pipeline.train import finetune
+from pipeline.workflow.finetune import finetune
 
 
 def two_episodes() -> TransitionDataset:
@@ -91,7 +91,7 @@ def test_dataset_and_online_chunks_of_the_same_episodes_have_the_same_rewards(tm
     """With a reward scale and shift, a chunk stored by the online loop and the same chunk made from a dataset of
     the same steps carry the same reward: the transform applies per step, before the chunk's discounted sum."""
     from pipeline.envs import make_env
-    from pipeline.train import training_transitions
+    from pipeline.workflow.common import training_transitions
 
     cfg = load_config(overrides=[
         "sac.chunk=4", "sac.gamma=0.9", "sac.reward_scale=2.0", "sac.reward_shift=-1.0", "policy.kind=flow_g",

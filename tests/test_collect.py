@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.data import load_dataset
-from pipeline.train import finetune
-from pipeline.collect import collect
+from pipeline.workflow.finetune import finetune
+from pipeline.workflow.collect import collect
 
 
 def test_minari_dataset_from_a_trained_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,7 +179,7 @@ def test_an_empty_mapping_clears_a_mapping_field_and_leaves_a_section(tmp_path: 
 
 
 def test_env_options_left_for_another_env_name_the_key_and_how_to_clear_it(tmp_path: Path) -> None:
-    from pipeline.train import finetune
+    from pipeline.workflow.finetune import finetune
 
     cfg = load_config("smoke", ["finetune.env_id=Pendulum-v1", "finetune.from_pretrained=false",
                                 "trainer.progress=false"])

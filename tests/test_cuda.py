@@ -180,7 +180,9 @@ def test_offline_to_online_stages_run_on_cuda(update_mode: str, tmp_path: Path) 
     """pretrain -> finetune -> evaluate with ``device=cuda`` (Lightning's GPU accelerator), Pendulum from D4RL data."""
     if update_mode == "auto" and CUDA.type != "cuda":
         pytest.skip("auto replays CUDA graphs only on a GPU; on the CPU it is the eager case")
-    from pipeline.train import evaluate_checkpoints, finetune, pretrain
+    from pipeline.workflow.evaluate import evaluate_checkpoints
+    from pipeline.workflow.finetune import finetune
+    from pipeline.workflow.pretrain import pretrain
 
     data = _pendulum_d4rl(tmp_path / "pendulum.hdf5")
     cfg = load_config(overrides=[
@@ -196,6 +198,6 @@ def test_offline_to_online_stages_run_on_cuda(update_mode: str, tmp_path: Path) 
     assert pre["steps"] == 60 and state["step"] == 60
     ft = finetune(cfg, tmp_path / "finetune", pretrained=tmp_path / "pretrain")
     assert ft["env_steps"] == 300 and ft["updates"] > 0 and ft["skipped_updates"] == 0
-    ev = evaluate_checkpoints(cfg, {"pretrained": tmp_path / "pretrain", "finetuned": tmp_path / "finetune"},
-                              tmp_path / "evaluate")
+    ev = evaluate_checkpoints(cfg, tmp_path / "evaluate",
+                              {"pretrained": tmp_path / "pretrain", "finetuned": tmp_path / "finetune"})
     assert np.isfinite(ev["finetuned"]["deterministic"]["return_mean"])

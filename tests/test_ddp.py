@@ -23,7 +23,8 @@ import yaml
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
-from pipeline.train import finetune, pretrain
+from pipeline.workflow.finetune import finetune
+from pipeline.workflow.pretrain import pretrain
 from conftest import tiny_d4rl
 
 REPO = Path(__file__).resolve().parent.parent

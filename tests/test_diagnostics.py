@@ -17,7 +17,7 @@ from pipeline.diagnostics import (
     rollout_gradient_profile,
 )
 from pipeline.policies.flow import FlowPolicy
-from pipeline.train import finetune
+from pipeline.workflow.finetune import finetune
 from conftest import OBS_DIM, tiny_agent
 
 FLOWS = [(k, n) for k in ("flow_mlp", "flow_g", "flow_t") for n in ("fixed", "learned")]

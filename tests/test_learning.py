@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.train import finetune
+from pipeline.workflow.finetune import finetune
 
 THRESHOLD = -400.0
 STEPS = 5000

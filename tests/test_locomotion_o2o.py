@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.collect import collect
+from pipeline.workflow.collect import collect
 from pipeline.config import load_config
 from pipeline.metrics import read_json
-from pipeline.train import evaluate_checkpoints, finetune, pretrain
+from pipeline.workflow.evaluate import evaluate_checkpoints
+from pipeline.workflow.finetune import finetune
+from pipeline.workflow.pretrain import pretrain
 
 TINY = [
     "collect.episodes=3", "collect.horizon=60", "policy.hidden=32", "policy.d_model=16", "policy.n_heads=2",
@@ -35,8 +37,8 @@ def test_hopper_o2o_preset_runs_end_to_end(chunk: int, tmp_path: Path, monkeypat
     assert ft["env_steps"] == 150 and ft["skipped_updates"] == 0
     assert ft["buffer_mode"] == "seeded" and ft["offline_transitions"] > 0  # the dataset seeded the buffer
 
-    ev = evaluate_checkpoints(cfg, {"pretrained": tmp_path / "pretrain", "finetuned": tmp_path / "finetune"},
-                              tmp_path / "evaluate")
+    ev = evaluate_checkpoints(cfg, tmp_path / "evaluate",
+                              {"pretrained": tmp_path / "pretrain", "finetuned": tmp_path / "finetune"})
     assert ev == read_json(tmp_path / "evaluate" / "metrics.json")
     for name in ("pretrained", "finetuned"):
         result = ev[name]["deterministic"]

@@ -1,8 +1,9 @@
 """The whole pipeline through real DVC in a temporary git repo, on the smoke preset.
 
-Runs ``dvc repro`` end to end, checks every stage's outs and metrics, then swaps the pretraining dataset (robomimic
-demos -> the same transitions exported as a D4RL-format file) and checks that only the stages downstream of the
-change rerun.
+Runs ``dvc repro`` end to end (recording which project modules each stage process imported), checks every stage's
+outs and metrics and that dvc.yaml's deps cover the code each stage ran, that editing a module marks exactly the
+stages whose deps list it as changed, then swaps the pretraining dataset (robomimic demos -> the same transitions
+exported as a D4RL-format file) and checks that only the stages downstream of the change rerun.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -23,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+def _run(cmd: list[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -55,8 +57,93 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def test_dvc_repro_runs_every_stage_then_reruns_only_what_a_dataset_swap_affects(repo: Path, tmp_path: Path) -> None:
-    out = _run(["dvc", "repro"], repo).stdout
+# Loaded by every Python process of `dvc repro` (PYTHONPATH): a stage script's process records the project modules
+# it imported when it exits.
+_IMPORT_LOGGER = """
+import atexit, json, os, sys
+
+def _record():
+    if not sys.argv or not sys.argv[0].startswith("stages/"):
+        return
+    files = sorted({m.__file__ for n, m in list(sys.modules.items())
+                    if (n == "pipeline" or n.startswith("pipeline.")) and getattr(m, "__file__", None)})
+    with open(os.path.join(os.environ["SACFLOW_IMPORT_LOG"], f"{os.getpid()}.json"), "w") as f:
+        json.dump({"script": sys.argv[0], "files": files}, f)
+
+atexit.register(_record)
+"""
+
+
+@pytest.fixture(scope="module")
+def reproduced(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, set[str]]]:
+    """``dvc repro`` of the smoke pipeline: its output, and per stage script the project files its process
+    imported (repo-relative)."""
+    hook, log = tmp_path_factory.mktemp("hook"), tmp_path_factory.mktemp("imports")
+    (hook / "sitecustomize.py").write_text(_IMPORT_LOGGER)
+    out = _run(["dvc", "repro"], repo, env={"PYTHONPATH": f"{hook}{os.pathsep}{ROOT}",
+                                            "SACFLOW_IMPORT_LOG": str(log)}).stdout
+    imported: dict[str, set[str]] = {}
+    for record in log.glob("*.json"):
+        data = json.loads(record.read_text())
+        # the stage ran the copy in the temp repo or, where that is not on sys.path first, the project's own code
+        files = {str(Path(f).resolve().relative_to(root)) for f in data["files"] for root in (repo, ROOT)
+                 if Path(f).resolve().is_relative_to(root)}
+        imported.setdefault(Path(data["script"]).stem, set()).update(files)
+    return out, imported
+
+
+def _deps(repo: Path) -> dict[str, list[str]]:
+    return {name: [str(d) for d in stage["deps"]] for name, stage in
+            yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()}
+
+
+def _covers(deps: list[str], path: str) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def test_dvc_yaml_lists_the_code_each_stage_imports() -> None:
+    from pipeline.codedeps import sync_dvc_yaml
+
+    assert sync_dvc_yaml(ROOT / "dvc.yaml") == [], "dvc.yaml's code deps are stale: python -m pipeline.codedeps --write"
+
+
+def test_every_module_a_stage_ran_is_one_of_its_deps(repo: Path, reproduced: tuple[str, dict[str, set[str]]]) -> None:
+    _, imported = reproduced
+    deps = _deps(repo)
+    assert set(imported) == set(deps), "every stage's process left its record"
+    for stage, files in imported.items():
+        assert "pipeline/workflow/__init__.py" in files
+        missing = sorted(f for f in files if not _covers(deps[stage], f))
+        assert missing == [], f"stage {stage} imported {missing}, which its deps in dvc.yaml do not list"
+
+
+@pytest.mark.parametrize("module, some", [("pipeline/report.py", {"report"}),
+                                          ("pipeline/workflow/pretrain.py", {"pretrain"}),
+                                          ("pipeline/lightning/offline.py", {"pretrain", "finetune"}),
+                                          ("pipeline/batch_renorm.py", {"pretrain", "finetune", "evaluate"})])
+def test_editing_a_module_marks_exactly_the_stages_that_import_it(module: str, some: set[str], repo: Path,
+                                                                  reproduced: tuple[str, Any]) -> None:
+    from pipeline.codedeps import imported_files
+
+    importers = {stage for stage in _deps(repo) if Path(module) in imported_files(Path(f"stages/{stage}.py"), repo)}
+    expected = {stage for stage, deps in _deps(repo).items() if _covers(deps, module)}
+    assert expected == importers and some <= expected
+    if module in ("pipeline/report.py", "pipeline/workflow/pretrain.py"):
+        assert expected == some
+    path = repo / module
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    try:
+        status = json.loads(_run(["dvc", "status", "--json"], repo).stdout)
+    finally:
+        path.write_text(original)
+    assert set(status) == expected
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo).stdout
+
+
+def test_dvc_repro_runs_every_stage_then_reruns_only_what_a_dataset_swap_affects(
+        repo: Path, reproduced: tuple[str, Any], tmp_path: Path) -> None:
+    out, _ = reproduced
     assert _ran_stages(out) == {"collect", "pretrain", "finetune", "evaluate", "report"}
     assert (repo / "datasets/smoke_lift_demos.hdf5").is_file()
     assert (repo / "runs/pretrain/checkpoints/last.pt").is_file()

@@ -17,7 +17,8 @@ from conftest import run_killed_after_first_checkpoint
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
 from pipeline.metrics import read_csv_rows
-from pipeline.train import finetune, pretrain
+from pipeline.workflow.finetune import finetune
+from pipeline.workflow.pretrain import pretrain
 
 # columns that time the run rather than describe what it computed
 TIMING = ("updates_per_s", "env_steps_per_s", "env_share", "act_share", "update_share", "eval_share")

@@ -13,7 +13,7 @@ from conftest import logged_env_steps, run_killed_after_first_checkpoint
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_csv_rows
-from pipeline.train import finetune
+from pipeline.workflow.finetune import finetune
 
 BASE = [
     "device=cpu", "threads=1", "seed=5", "trainer.accelerator=cpu", "trainer.progress=false",

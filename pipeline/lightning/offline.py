@@ -26,7 +26,7 @@ PRETRAIN_COLUMNS = [
 
 class OfflinePretrain(L.LightningModule):
     """One ``training_step`` = one update on a batch drawn uniformly from ``dataset``, the training transitions
-    (:func:`pipeline.train.training_transitions`: rewards as SAC trains on them, chunked), whose tensors the
+    (:func:`pipeline.workflow.common.training_transitions`: rewards as SAC trains on them, chunked), whose tensors the
     buffer serves without a copy.
 
     The actor objective is ``flow_weight * flow-matching + q_weight * (alpha log pi - Q) + bc_weight * ||a - a_data||^2``
@@ -43,7 +43,7 @@ class OfflinePretrain(L.LightningModule):
         self.automatic_optimization = False
         self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
         self.resume_state, self.progress = resume_state, progress
-        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.train.run_fingerprint)
+        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
         self.agent = SACAgent(dataset.obs_dim, dataset.act_dim, cfg.policy, cfg.critic, cfg.sac)
         if dataset.normalization is not None and cfg.pretrain.dataset.normalize_obs:
             self.agent.set_obs_normalization(dataset.normalization.obs_mean, dataset.normalization.obs_std)
@@ -61,7 +61,7 @@ class OfflinePretrain(L.LightningModule):
 
     def on_fit_start(self) -> None:
         d = self.dataset
-        # the dataset's own tensors (rewards already as SAC trains on them, pipeline.train.training_transitions)
+        # the dataset's own tensors (rewards already as SAC trains on them, pipeline.workflow.common.training_transitions)
         self.buffer = ReplayBuffer.holding(d.observations, d.actions, d.rewards, d.next_observations, d.terminals,
                                            self.device)
         opts = self.optimizers()

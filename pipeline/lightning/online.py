@@ -18,7 +18,7 @@ from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
 class OnlineFinetune(L.LightningModule):
     """One ``training_step`` = one step of every env copy plus ``sac.utd`` updates per env step.
 
-    ``offline``: the training transitions (:func:`pipeline.train.training_transitions`) for the buffer
+    ``offline``: the training transitions (:func:`pipeline.workflow.common.training_transitions`) for the buffer
     (``finetune.buffer_mode``), handed over: the module keeps no reference once its buffers hold the rows; ``init_state``: agent weights to
     start from (a pretraining checkpoint's ``agent``); ``resume_state``: this stage's own last checkpoint.
     """
@@ -30,7 +30,7 @@ class OnlineFinetune(L.LightningModule):
         self.automatic_optimization = False
         self.cfg, self.env, self.eval_env, self.run_dir = cfg, env, eval_env, Path(run_dir)
         self.offline, self.resume_state, self.progress = offline, resume_state, progress
-        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.train.run_fingerprint)
+        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
         obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
         # with action chunking the agent decides H actions at once: its action is the [H * A] chunk
         self.agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac)

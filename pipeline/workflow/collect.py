@@ -17,8 +17,9 @@ from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.envs.factory import ROBOSUITE_PREFIX
 from pipeline.metrics import write_json
-from pipeline.progress import stage_progress
+from pipeline.terminal import stage_progress
 from pipeline.runtime import seed_everything, set_threads
+from pipeline.workflow import Stage
 
 
 
@@ -81,3 +82,19 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
         stats = {"kind": "minari", "dataset_id": c.out, "path": str(path), "episodes": c.episodes}
     write_json(out / "metrics.json", stats)
     return stats
+
+
+def check_pipeline(cfg: Config) -> None:
+    """The DVC pipeline is offline-to-online: its later stages read the dataset this stage makes."""
+    if cfg.collect.kind == "none":
+        raise ConfigError(
+            f"preset {cfg.name!r} trains from scratch (collect.kind = 'none'), which the offline-to-online "
+            f"pipeline in dvc.yaml cannot run. Use `sacflow finetune --preset {cfg.name} --out runs/{cfg.name}`, "
+            f"or list the preset in bench/table/params.yaml and run `dvc repro bench/table/dvc.yaml`"
+        )
+
+
+STAGE = Stage(
+    name="collect", help="make the dataset: scripted robosuite demos or a Minari dataset",
+    sections=("collect",), run=collect, in_run=lambda cfg: cfg.collect.kind != "none", check_pipeline=check_pipeline,
+)
