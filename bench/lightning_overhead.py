@@ -19,7 +19,8 @@ from pipeline.terminal import quiet_libraries
 from pipeline.config import load_config
 from pipeline.data import TransitionDataset
 from pipeline.lightning import OfflinePretrain, StepDataModule
-from pipeline.sac import SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import SACAgent
+from pipeline.update import SACUpdater, make_optimizers
 from pipeline.workflow.common import make_trainer
 
 

@@ -15,7 +15,8 @@ import torch
 
 from pipeline.buffers import ReplayBuffer
 from pipeline.config import load_config
-from pipeline.sac import SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import SACAgent
+from pipeline.update import SACUpdater, make_optimizers
 
 
 def rss_mib() -> float:

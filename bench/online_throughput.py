@@ -26,7 +26,8 @@ from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
 from pipeline.config import Config, load_config
 from pipeline.envs import make_vector_env
 from pipeline.online import PHASES, OnlineRunner
-from pipeline.sac import SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import SACAgent
+from pipeline.update import SACUpdater, make_optimizers
 
 
 def make_runner(cfg: Config, env: gym.vector.VectorEnv, run_dir: str, device: str) -> OnlineRunner:

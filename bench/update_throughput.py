@@ -20,7 +20,8 @@ import time
 import torch
 
 from pipeline.config import load_config
-from pipeline.sac import Batch, SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import Batch, SACAgent
+from pipeline.update import SACUpdater, make_optimizers
 
 KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes

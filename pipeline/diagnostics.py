@@ -18,7 +18,7 @@ from torch import Tensor
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
 from pipeline.policies.flow import FlowPolicy, FlowRollout
-from pipeline.sac import SACAgent
+from pipeline.sac import SACAgent, agent_from_state
 
 
 def _noise_leaf_rollout(agent: SACAgent, obs: Tensor, generator: torch.Generator | None,
@@ -88,8 +88,7 @@ def _checkpoint_agent_and_states(run: str | Path, batch: int, seed: int) -> tupl
     data = state["buffer"]["data"]
     if data["obs"].shape[0] == 0:
         raise ValueError(f"{run_checkpoint(run)}: the replay buffer is empty, there are no states to profile")
-    agent = SACAgent(data["obs"].shape[1], data["actions"].shape[1], cfg.policy, cfg.critic, cfg.sac)
-    agent.load_state_dict(state["agent"])
+    agent = agent_from_state(state, cfg, data["obs"].shape[1], data["actions"].shape[1] // cfg.sac.chunk)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, data["obs"].shape[0], (batch,), generator=g)
     return agent, data["obs"][idx], g

@@ -29,7 +29,8 @@ from pipeline.config import Config
 from pipeline.evaluation import evaluate
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
-from pipeline.sac import SACAgent, SACUpdater, training_reward
+from pipeline.sac import SACAgent, training_reward
+from pipeline.update import SACUpdater
 
 # where the wall time between two log rows went (``<phase>_share`` columns, fractions; the rest is logging, buffer
 # writes and checkpoints). On CUDA, "update" holds what the host waits for: kernels still queued at the next sync

@@ -16,7 +16,8 @@ import torch
 
 from pipeline.config import CriticConfig, PolicyConfig, SACConfig
 from pipeline.metrics import read_csv_rows
-from pipeline.sac import Batch, SACAgent, SACUpdater, make_optimizers
+from pipeline.sac import Batch, SACAgent
+from pipeline.update import SACUpdater, make_optimizers
 
 OBS_DIM, ACT_DIM = 3, 2
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from pipeline.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, previous_path, save_checkpoint
 from pipeline.config import load_config
 from pipeline.runtime import rng_state, set_rng_state
-from pipeline.sac import Optimizers, SACUpdater, make_optimizers
+from pipeline.update import Optimizers, SACUpdater, make_optimizers
 from pipeline.workflow.finetune import finetune
 
 def test_save_keeps_previous_generation_and_no_temp_files(tmp_path: Path) -> None:

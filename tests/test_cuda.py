@@ -18,7 +18,7 @@ from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
 from pipeline.data.d4rl_io import write_d4rl
 from pipeline.data.dataset import TransitionDataset
-from pipeline.sac import SACUpdater, make_optimizers
+from pipeline.update import SACUpdater, make_optimizers
 
 from conftest import assert_same_losses_and_statistics, crossq_updates, random_batch, tiny_agent
 

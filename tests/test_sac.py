@@ -12,16 +12,8 @@ from pipeline.batch_renorm import ActorBatchRenorm
 from pipeline.buffers import ReplayBuffer
 from pipeline.config import SACConfig
 from pipeline.critics import QEnsemble
-from pipeline.sac import (
-    Batch,
-    NonFiniteError,
-    SACAgent,
-    SACUpdater,
-    actor_loss,
-    critic_loss,
-    make_optimizers,
-    training_reward,
-)
+from pipeline.sac import Batch, SACAgent, actor_loss, critic_loss, training_reward
+from pipeline.update import NonFiniteError, SACUpdater, make_optimizers
 from conftest import ACT_DIM, OBS_DIM, random_batch, tiny_agent
 
 # every policy kind and noise mode, and the CrossQ critic

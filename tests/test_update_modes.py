@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import assert_same_losses_and_statistics, crossq_updates, random_batch, tiny_agent
-from pipeline.sac import NonFiniteError, SACUpdater, make_optimizers
+from pipeline.update import NonFiniteError, SACUpdater, make_optimizers
 
 
 @pytest.fixture

@@ -6,17 +6,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from pipeline import preemption
-from pipeline.buffers import ReplayBuffer
 from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
 from pipeline.distributed import all_gather_objects
+from pipeline.lightning.base import SACModule
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
-from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
 
 PRETRAIN_COLUMNS = [
     "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "action_saturation",
@@ -24,7 +22,7 @@ PRETRAIN_COLUMNS = [
 ]
 
 
-class OfflinePretrain(L.LightningModule):
+class OfflinePretrain(SACModule):
     """One ``training_step`` = one update on a batch drawn uniformly from ``dataset``, the training transitions
     (:func:`pipeline.workflow.common.training_transitions`: rewards as SAC trains on them, chunked), whose tensors the
     buffer serves without a copy.
@@ -39,14 +37,11 @@ class OfflinePretrain(L.LightningModule):
 
     def __init__(self, cfg: Config, dataset: Any, run_dir: str | Path, resume_state: dict[str, Any] | None = None,
                  progress: Any = None, fingerprint: str = "") -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.cfg, self.dataset, self.run_dir = cfg, dataset, Path(run_dir)
+        super().__init__(cfg, dataset.obs_dim, dataset.act_dim, dataset.normalization)
+        self.dataset, self.run_dir = dataset, Path(run_dir)
         self.resume_state, self.progress = resume_state, progress
-        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
-        self.agent = SACAgent(dataset.obs_dim, dataset.act_dim, cfg.policy, cfg.critic, cfg.sac)
-        if dataset.normalization is not None and cfg.pretrain.dataset.normalize_obs:
-            self.agent.set_obs_normalization(dataset.normalization.obs_mean, dataset.normalization.obs_std)
+        # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
+        self.fingerprint = fingerprint
         self.step_count = 0
         self.log_csv = CSVLog(self.run_dir / "pretrain.csv", PRETRAIN_COLUMNS, "step")
         self.means = RunningMeans()
@@ -55,19 +50,9 @@ class OfflinePretrain(L.LightningModule):
         self._first_timed: tuple[int, float] | None = None
         self._last_timed: tuple[int, float] | None = None
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opts = make_optimizers(self.agent)
-        return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
-
     def on_fit_start(self) -> None:
-        d = self.dataset
-        # the dataset's own tensors (rewards already as SAC trains on them, pipeline.workflow.common.training_transitions)
-        self.buffer = ReplayBuffer.holding(d.observations, d.actions, d.rewards, d.next_observations, d.terminals,
-                                           self.device)
-        opts = self.optimizers()
-        opts = opts if isinstance(opts, list) else [opts]
-        self.updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
-                                  backward=self.manual_backward)
+        self.buffer = self.buffer_of(self.dataset)
+        self.updater = self.make_updater()
         if self.resume_state is not None:
             self.load_state(self.resume_state)
         elif self.trainer.is_global_zero:

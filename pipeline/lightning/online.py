@@ -6,61 +6,48 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import lightning as L
-import torch
 
 from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
 from pipeline.config import Config
+from pipeline.lightning.base import SACModule
 from pipeline.online import OnlineRunner
-from pipeline.sac import Optimizers, SACAgent, SACUpdater, make_optimizers
 
 
-class OnlineFinetune(L.LightningModule):
+class OnlineFinetune(SACModule):
     """One ``training_step`` = one step of every env copy plus ``sac.utd`` updates per env step.
 
     ``offline``: the training transitions (:func:`pipeline.workflow.common.training_transitions`) for the buffer
-    (``finetune.buffer_mode``), handed over: the module keeps no reference once its buffers hold the rows; ``init_state``: agent weights to
-    start from (a pretraining checkpoint's ``agent``); ``resume_state``: this stage's own last checkpoint.
+    (``finetune.buffer_mode``), handed over: the module keeps no reference once its buffers hold the rows;
+    ``init_state``: agent weights to start from (a pretraining checkpoint's ``agent``); ``resume_state``: this
+    stage's own last checkpoint.
     """
 
     def __init__(self, cfg: Config, env: gym.vector.VectorEnv, eval_env: gym.Env | gym.vector.VectorEnv | None,
                  run_dir: str | Path, offline: Any = None, init_state: dict[str, Any] | None = None,
                  resume_state: dict[str, Any] | None = None, progress: Any = None, fingerprint: str = "") -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.cfg, self.env, self.eval_env, self.run_dir = cfg, env, eval_env, Path(run_dir)
-        self.offline, self.resume_state, self.progress = offline, resume_state, progress
-        self.fingerprint = fingerprint  # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
         obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
-        # with action chunking the agent decides H actions at once: its action is the [H * A] chunk
-        self.agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac)
+        # with action chunking the agent decides H actions at once: its action is the [H * A] chunk; a pretrained
+        # agent brings its own normalization
+        normalization = offline.normalization if offline is not None and init_state is None else None
+        super().__init__(cfg, obs_dim, act_dim * cfg.sac.chunk, normalization)
+        self.env, self.eval_env, self.run_dir = env, eval_env, Path(run_dir)
+        self.offline, self.resume_state, self.progress = offline, resume_state, progress
+        # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
+        self.fingerprint = fingerprint
         self.from_scratch = init_state is None
         if init_state is not None:
             self.agent.load_state_dict(init_state)
-        elif offline is not None and offline.normalization is not None and cfg.pretrain.dataset.normalize_obs:
-            self.agent.set_obs_normalization(offline.normalization.obs_mean, offline.normalization.obs_std)
         self.runner: OnlineRunner | None = None
-
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opts = make_optimizers(self.agent)
-        return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
 
     def on_fit_start(self) -> None:
         cfg, ft = self.cfg, self.cfg.finetune
         obs_dim, act_dim = self.agent.obs_dim, self.agent.act_dim
-        offline_buf = None
-        if self.offline is not None:
-            d = self.offline
-            offline_buf = ReplayBuffer.holding(d.observations, d.actions, d.rewards, d.next_observations,
-                                               d.terminals, self.device)
+        offline_buf = self.buffer_of(self.offline) if self.offline is not None else None
         seeded_extra = len(self.offline) if self.offline is not None and ft.buffer_mode == "seeded" else 0
         online = ReplayBuffer(ft.buffer_size + seeded_extra, obs_dim, act_dim, self.device)
         sampler = OfflineOnlineSampler(online, offline_buf, ft.buffer_mode, ft.offline_ratio)
         self.offline = None  # the buffers hold the rows now: the dataset is not kept beside them
-        opts = self.optimizers()
-        opts = opts if isinstance(opts, list) else [opts]
-        updater = SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
-                             backward=self.manual_backward)
+        updater = self.make_updater()
         self.runner = OnlineRunner(cfg, self.agent, updater, self.env, self.eval_env, sampler, self.run_dir,
                                    from_scratch=self.from_scratch, fingerprint=self.fingerprint)
         if self.resume_state is not None:

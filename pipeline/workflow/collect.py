@@ -13,24 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, ConfigError
 from pipeline.envs.factory import ROBOSUITE_PREFIX
 from pipeline.metrics import write_json
-from pipeline.terminal import stage_progress
 from pipeline.runtime import seed_everything, set_threads
+from pipeline.terminal import stage_progress
 from pipeline.workflow import Stage
-
 
 
 def _agent_policy(cfg: Config, run: str, space: Any, obs_dim: int) -> Any:
     """A trained agent acting in the raw env: its [-1, 1] actions mapped onto ``space``'s bounds."""
-    from pipeline.sac import SACAgent
+    from pipeline.sac import load_agent
 
-    state = load_checkpoint(run_checkpoint(run))
-    agent = SACAgent(obs_dim, space.shape[0], cfg.policy, cfg.critic, cfg.sac)
-    agent.load_state_dict(state["agent"])
-    agent.eval()
+    agent = load_agent(run, cfg, obs_dim, space.shape[0]).eval()
 
     def policy(obs: np.ndarray) -> np.ndarray:
         obs_t = torch.as_tensor(np.asarray(obs, dtype=np.float32)).unsqueeze(0)

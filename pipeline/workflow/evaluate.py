@@ -6,12 +6,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config
 from pipeline.evaluation import evaluate
 from pipeline.metrics import write_json
 from pipeline.runtime import resolve_device
-from pipeline.sac import SACAgent
+from pipeline.sac import load_agent
 from pipeline.terminal import stage_progress
 from pipeline.workflow import Input, Stage
 from pipeline.workflow.common import env_options_for, finetune_dataset, load_offline, make_eval_envs, prepare
@@ -36,9 +35,7 @@ def evaluate_checkpoints(cfg: Config, out_dir: str | Path, checkpoints: dict[str
                                       cfg.trainer.progress) as bar:
         done = 0
         for name, path in checkpoints.items():
-            state = load_checkpoint(run_checkpoint(path), map_location=device)
-            agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac).to(device)
-            agent.load_state_dict(state["agent"])
+            agent = load_agent(path, cfg, obs_dim, act_dim, device)
             results[name] = {}
             for deterministic in modes:
                 r = evaluate(agent, env, ev.episodes, ev.seed, deterministic)

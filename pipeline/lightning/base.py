@@ -1,0 +1,46 @@
+"""What the two training modules share: the agent and its observation normalization, SAC's three optimizers under
+manual optimization, the updater that steps them through Lightning's backward, and buffers over a dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from pipeline.buffers import ReplayBuffer
+from pipeline.config import Config
+from pipeline.data.normalization import NormalizationStats
+from pipeline.sac import SACAgent
+from pipeline.update import Optimizers, SACUpdater, make_optimizers
+
+
+class SACModule(L.LightningModule):
+    """A LightningModule around one :class:`SACAgent` for ``obs [S]`` and ``action [A]`` (the agent's own action:
+    ``sac.chunk`` env actions at once), its observations standardized with ``normalization`` when the dataset
+    config asks for it (``pretrain.dataset.normalize_obs``)."""
+
+    def __init__(self, cfg: Config, obs_dim: int, act_dim: int, normalization: NormalizationStats | None) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # SAC steps three optimizers per update
+        self.cfg = cfg
+        self.agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac)
+        if normalization is not None and cfg.pretrain.dataset.normalize_obs:
+            self.agent.set_obs_normalization(normalization.obs_mean, normalization.obs_std)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        opts = make_optimizers(self.agent)
+        return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
+
+    def make_updater(self) -> SACUpdater:
+        """The updater over Lightning's (wrapped) optimizers; its backward is Lightning's (precision, DDP)."""
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        return SACUpdater(self.agent, Optimizers(opts[0], opts[1], opts[2] if len(opts) > 2 else None),
+                          backward=self.manual_backward)
+
+    def buffer_of(self, data: Any) -> ReplayBuffer:
+        """A buffer that serves ``data``'s own tensors (training transitions: observations, actions, rewards,
+        next observations, terminals) on this module's device, without a copy on the same device."""
+        return ReplayBuffer.holding(data.observations, data.actions, data.rewards, data.next_observations,
+                                    data.terminals, self.device)

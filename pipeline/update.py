@@ -1,0 +1,307 @@
+"""How a SAC update executes: optimizers, the update modes (eager, ``torch.compile``, CUDA graphs) and the guard
+against non-finite steps. What an update computes is :mod:`pipeline.sac`'s (losses over a :class:`~pipeline.sac.Batch`);
+this module only runs those losses' backward passes and optimizer steps, in one of three ways that give the same
+weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.sac import Batch, SACAgent, actor_loss, alpha_loss, critic_loss
+
+
+@dataclass
+class Optimizers:
+    actor: torch.optim.Optimizer
+    critic: torch.optim.Optimizer
+    alpha: torch.optim.Optimizer | None
+
+
+def resolve_update_mode(mode: str, device: torch.device) -> str:
+    """The ``sac.update_mode`` an agent on ``device`` runs: ``auto`` is ``cuda_graphs`` on CUDA, else ``eager``."""
+    if mode == "auto":
+        return "cuda_graphs" if device.type == "cuda" else "eager"
+    return mode
+
+
+def make_optimizers(agent: SACAgent) -> Optimizers:
+    cfg = agent.cfg
+    # fused kernels where the device supports them; foreach otherwise. CUDA graphs need the step counters on the
+    # device (capturable)
+    kw: dict[str, object] = {"betas": (cfg.adam_beta1, 0.999)}
+    device = next(agent.parameters()).device
+    if device.type == "cuda":
+        kw |= {"fused": True, "capturable": resolve_update_mode(cfg.update_mode, device) == "cuda_graphs"}
+    return Optimizers(
+        actor=torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, **kw),
+        critic=torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, **kw),
+        alpha=torch.optim.Adam([agent.log_alpha], lr=cfg.alpha_lr, **kw) if cfg.learn_alpha else None,
+    )
+
+
+def grad_norm(params: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """Total L2 gradient norm (clipped to ``max_norm`` when set); a tensor, no host sync."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates produced a non-finite loss or gradient."""
+
+
+class SACUpdater:
+    """One SAC update per call; counts updates for the policy delay and guards against non-finite steps.
+
+    ``backward`` lets a LightningModule pass ``self.manual_backward`` (precision and strategy hooks); a bare loop
+    uses ``Tensor.backward``.
+
+    ``sac.update_mode`` (``auto``: ``cuda_graphs`` for an agent on CUDA, ``eager`` otherwise):
+
+    - ``eager``: a non-finite loss or gradient norm is detected on the host (one sync per optimizer step) and the
+      step is skipped entirely.
+    - ``compile``: the critic step and the actor step (loss, backward, clipping, optimizer, Polyak) each run through
+      ``torch.compile``.
+    - ``cuda_graphs``: each step is captured once as a CUDA graph and replayed (launch overhead gone).
+
+    The last two decide on the device: a non-finite step zeroes its gradients and restores the weights, so nothing
+    non-finite reaches the parameters (Adam's moment estimates still decay once). The counters live on the device;
+    reading :attr:`skipped` (done at every log row) syncs them and raises :class:`NonFiniteError` once a streak
+    reached ``sac.max_nonfinite``.
+    """
+
+    def __init__(self, agent: SACAgent, optimizers: Optimizers,
+                 backward: Callable[[torch.Tensor], None] | None = None, check_finite: bool = True) -> None:
+        self.agent, self.opt = agent, optimizers
+        device = agent.log_alpha.device
+        self.mode = resolve_update_mode(agent.cfg.update_mode, device)
+        if self.mode == "cuda_graphs" and device.type != "cuda":
+            raise ValueError(f"config key 'sac.update_mode' = 'cuda_graphs' needs the agent on a CUDA device, "
+                             f"got {device}")
+        # False drops the eager mode's guard and with it the update's only host syncs (bench/update_throughput.py
+        # measures the difference); a poisoned step is then applied
+        self.check_finite = check_finite
+        self.on_device = self.mode != "eager"  # guard decided on the device, counters kept there
+        if self.on_device:
+            # the steps run outside Lightning's wrappers: graphs and compiled code call the torch optimizers directly
+            self.opt = Optimizers(_unwrap(optimizers.actor), _unwrap(optimizers.critic),
+                                  _unwrap(optimizers.alpha) if optimizers.alpha is not None else None)
+            self.backward = lambda loss: loss.backward()
+        else:
+            self.backward = backward or (lambda loss: loss.backward())
+        self.updates = 0  # critic updates so far
+        self._skipped = torch.zeros((), dtype=torch.long, device=device if self.on_device else "cpu")
+        # per optimizer: one's success must not hide the other's failures
+        self._streak = {w: torch.zeros((), dtype=torch.long, device=self._skipped.device) for w in ("critic", "actor")}
+        self.last_finite_grad_norm = torch.zeros((), device=self._skipped.device)
+        self.actor_params = list(agent.actor.parameters())
+        self.critic_params = list(agent.critic.parameters())
+        self.target_params = list(agent.critic_target.parameters()) if agent.critic_target is not None else []
+        self._critic_fn: Callable[..., dict[str, torch.Tensor]] = self._critic_step
+        self._actor_fn: Callable[..., dict[str, torch.Tensor]] = self._actor_step
+        if self.mode == "compile":
+            self._critic_fn, self._actor_fn = torch.compile(self._critic_step), torch.compile(self._actor_step)
+        self._graphs: dict[tuple, _GraphedStep] = {}
+
+    # ------------------------------------------------------------------ counters
+    @property
+    def skipped(self) -> int:
+        """Non-finite updates skipped so far (a host sync in the device-guard modes, which also checks streaks)."""
+        if self.on_device:
+            for what, streak in self._streak.items():
+                if int(streak) >= self.agent.cfg.max_nonfinite:
+                    self._raise(what, None, None)
+        return int(self._skipped)
+
+    @property
+    def nonfinite_streak(self) -> dict[str, int]:
+        return {w: int(v) for w, v in self._streak.items()}
+
+    def _raise(self, what: str, loss: torch.Tensor | None, norm: torch.Tensor | None) -> None:
+        now = f" (loss={loss.item()}, grad norm={norm.item()})" if loss is not None and norm is not None else ""
+        raise NonFiniteError(
+            f"{int(self._streak[what])} consecutive non-finite {what} updates{now}; the last finite gradient norm "
+            f"was {float(self.last_finite_grad_norm):.4g}. Lower the learning rates, set sac.grad_clip, or "
+            f"raise sac.max_nonfinite"
+        )
+
+    # ------------------------------------------------------------------ one optimizer step
+    def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, params: list[nn.Parameter],
+              what: str) -> tuple[torch.Tensor, torch.Tensor | bool]:
+        """Backward, clip, step; returns the gradient norm and whether the step was taken (a tensor on device)."""
+        opt.zero_grad(set_to_none=self.mode != "cuda_graphs")  # a graph replays into the same .grad tensors
+        # Eager (the mode data-parallel runs use): a non-finite loss poisons its own gradients (the factor is
+        # exactly 1 otherwise). Under DDP the averaged gradient, and so its norm, then turns non-finite on every
+        # rank: all ranks skip the step together even when only one rank's batch went bad, and their weights stay
+        # identical.
+        self.backward(loss if self.on_device else loss * torch.where(torch.isfinite(loss), 1.0, torch.nan))
+        norm = grad_norm(params, self.agent.cfg.grad_clip)
+        if self.on_device:
+            return norm, self._device_guarded_step(loss, norm, opt, params, what)
+        if not self.check_finite:
+            opt.step()
+            return norm, True
+        # the one host sync per optimizer step: skipping a poisoned step needs a decision on the host
+        if not bool(torch.isfinite(norm) & torch.isfinite(loss)):
+            self._skipped += 1
+            self._streak[what] += 1
+            opt.zero_grad(set_to_none=True)
+            if int(self._streak[what]) >= self.agent.cfg.max_nonfinite:
+                self._raise(what, loss, norm)
+            return norm, False
+        self._streak[what].zero_()
+        self.last_finite_grad_norm = norm.detach()
+        opt.step()
+        return norm, True
+
+    def _device_guarded_step(self, loss: torch.Tensor, norm: torch.Tensor, opt: torch.optim.Optimizer,
+                             params: list[nn.Parameter], what: str) -> torch.Tensor:
+        ok = torch.isfinite(norm) & torch.isfinite(loss)
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+            for p in params:
+                if p.grad is not None:  # where(), not a product: 0 * nan is nan
+                    p.grad.copy_(torch.where(ok, p.grad, torch.zeros_like(p.grad)))
+            opt.step()
+            for p, b in zip(params, before):
+                p.copy_(torch.where(ok, p, b))
+            self._streak[what].copy_(torch.where(ok, torch.zeros_like(self._streak[what]), self._streak[what] + 1))
+            self._skipped.add_((~ok).long())
+            self.last_finite_grad_norm.copy_(torch.where(ok, norm.detach(), self.last_finite_grad_norm))
+        return ok
+
+    # ------------------------------------------------------------------ the two halves of an update
+    def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        loss_q, info = critic_loss(self.agent, batch)
+        info["critic_grad_norm"], _ = self._step(loss_q, self.opt.critic, self.critic_params, "critic")
+        if self.target_params:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.target_params, self.critic_params, self.agent.cfg.tau)
+        return info
+
+    def _actor_step(self, batch: Batch, bc_weight: float, q_weight: float,
+                    flow_weight: float) -> dict[str, torch.Tensor]:
+        agent = self.agent
+        loss_pi, info = actor_loss(agent, batch, bc_weight, q_weight, flow_weight)
+        info["actor_grad_norm"], ok = self._step(loss_pi, self.opt.actor, self.actor_params, "actor")
+        if ok is not False and self.opt.alpha is not None and "log_prob" in info and q_weight > 0:
+            # alpha's loss reuses the actor sample's (detached) log-probabilities: no second rollout
+            self.opt.alpha.zero_grad(set_to_none=self.mode != "cuda_graphs")
+            self.backward(alpha_loss(agent, info["log_prob"]))
+            if self.on_device:  # a skipped actor step skips alpha too
+                with torch.no_grad():
+                    before = agent.log_alpha.detach().clone()
+                    self.opt.alpha.step()
+                    agent.log_alpha.copy_(torch.where(ok, agent.log_alpha, before))
+            else:
+                self.opt.alpha.step()
+        info["alpha"] = agent.alpha.detach()
+        return info
+
+    def update(self, batch: Batch, bc_weight: float | None = None, q_weight: float = 1.0,
+               flow_weight: float = 0.0, train_critic: bool = True) -> dict[str, torch.Tensor]:
+        """Critic step, then (every ``policy_delay`` updates) actor and alpha steps, then target Polyak averaging.
+
+        The weights select the actor objective (see :func:`actor_loss`). Returns detached scalar tensors; reading
+        them costs a host sync, so callers log every N updates. In ``cuda_graphs`` mode they are the graph's
+        output buffers, overwritten by the next update: read or copy them before that.
+        """
+        cfg = self.agent.cfg
+        bc_weight = cfg.bc_weight if bc_weight is None else bc_weight
+        info: dict[str, torch.Tensor] = {}
+        if train_critic:
+            info = self._run("critic", self._critic_fn, batch)
+        self.updates += 1
+        if self.updates % cfg.policy_delay == 0:
+            info = {**info, **self._run("actor", self._actor_fn, batch, float(bc_weight), float(q_weight),
+                                        float(flow_weight))}
+        return info
+
+    def _run(self, name: str, fn: Callable[..., dict[str, torch.Tensor]], batch: Batch,
+             *weights: float) -> dict[str, torch.Tensor]:
+        if self.mode != "cuda_graphs":
+            return fn(batch, *weights)
+        key = (name, tuple(x.shape for x in batch), weights)
+        if key not in self._graphs:
+            self._graphs[key] = _GraphedStep(self, lambda b: fn(b, *weights), batch)
+        return self._graphs[key](batch)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, object]:
+        return {"updates": self.updates, "skipped": int(self._skipped), "nonfinite_streak": self.nonfinite_streak,
+                "actor": _unwrap(self.opt.actor).state_dict(), "critic": _unwrap(self.opt.critic).state_dict(),
+                "alpha": _unwrap(self.opt.alpha).state_dict() if self.opt.alpha is not None else None}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.updates = int(state["updates"])
+        self._skipped.fill_(int(state["skipped"]))
+        for what, v in dict(state["nonfinite_streak"]).items():
+            self._streak[what].fill_(int(v))
+        _unwrap(self.opt.actor).load_state_dict(state["actor"])
+        _unwrap(self.opt.critic).load_state_dict(state["critic"])
+        if self.opt.alpha is not None and state["alpha"] is not None:
+            _unwrap(self.opt.alpha).load_state_dict(state["alpha"])
+        self._graphs.clear()  # the optimizers' state tensors were replaced: graphs must be captured again
+
+
+class _GraphedStep:
+    """One half of an update captured as a CUDA graph; calls copy the batch in and replay the graph.
+
+    Capturing needs a few warm-up runs (they allocate gradients and optimizer state); their effect on the weights,
+    the optimizer state, the counters and the CUDA RNG is undone before the capture, so the first replay is the
+    first real update.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, updater: SACUpdater, fn: Callable[[Batch], dict[str, torch.Tensor]], batch: Batch) -> None:
+        self.batch = Batch(*(x.detach().clone() for x in batch))
+        # keyed by identity: optimizers update their state tensors in place, so the same objects come back
+        saved = {id(t): (t, t.detach().clone()) for t in _mutable_tensors(updater)}
+        saved_rng = torch.cuda.get_rng_state()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                fn(self.batch)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for t in _mutable_tensors(updater):
+                # tensors the warm-up created (first-ever Adam state) go back to a fresh Adam's zeros
+                t.copy_(saved[id(t)][1]) if id(t) in saved else t.zero_()
+        torch.cuda.set_rng_state(saved_rng)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(self.batch)
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        for static, x in zip(self.batch, batch):
+            static.copy_(x)
+        self.graph.replay()
+        return self.out
+
+
+def _mutable_tensors(updater: SACUpdater) -> list[torch.Tensor]:
+    """Every tensor an update writes, in a stable order: weights, buffers, optimizer state, counters."""
+    tensors = [*updater.agent.parameters(), *updater.agent.buffers(), updater._skipped,
+               *updater._streak.values(), updater.last_finite_grad_norm]
+    for opt in (updater.opt.actor, updater.opt.critic, updater.opt.alpha):
+        if opt is None:
+            continue
+        for group in opt.param_groups:
+            for p in group["params"]:
+                tensors += [v for _, v in sorted(opt.state[p].items()) if torch.is_tensor(v)] if p in opt.state else []
+    return tensors
+
+
+def _unwrap(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside a LightningOptimizer: loading state into the wrapper would not reach Adam."""
+    return getattr(opt, "optimizer", opt)
