@@ -17,10 +17,6 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-# Where an actor has BatchRenorm layers (``policy.batch_renorm``): none; on its observations only ("input"); where
-# the public CrossQ actors have them ("crossq"; each policy's docstring says where that is); or, for the flows,
-# "crossq" with the layer that reads a_i split into one layer per rollout step ("crossq_per_step").
-BATCH_RENORM_MODES = ("none", "input", "crossq", "crossq_per_step")
 
 
 class BatchRenorm(nn.Module):

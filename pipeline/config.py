@@ -18,10 +18,14 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.data.formats import FORMAT_NAMES, FORMATS
+from pipeline.policies.kinds import (BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS, POLICY_KINDS,
+                                     TANH_JACOBIAN_MODES, check_policy_options, policy_options)
+
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-PolicyKind = Literal["gaussian", "flow_mlp", "flow_g", "flow_t"]
-DatasetFormat = Literal["minari", "d4rl", "robomimic"]
+PolicyKind = Literal[POLICY_KINDS]
+DatasetFormat = Literal[FORMAT_NAMES]
 VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
@@ -31,11 +35,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class DatasetConfig:
+    """A dataset in one of :data:`pipeline.data.FORMATS`; the reader options it sets go to that format's reader."""
+
     format: DatasetFormat = "robomimic"  # minari | d4rl | robomimic
     source: str = "datasets/lift_demos.hdf5"  # Minari id, or path to an .hdf5 file
-    obs_keys: list[str] | None = None  # robomimic: ordered low-dim keys (None: the task's robomimic defaults)
+    # robomimic: ordered low-dim keys (None: the task's robomimic defaults); minari: top-level keys of a Dict space
+    obs_keys: list[str] | None = None
     filter_key: str | None = None  # robomimic: mask/<filter_key> selects demos (e.g. train)
+    env_name: str | None = None  # d4rl: the D4RL dataset name (e.g. hopper-medium-v2) for its reference scores
     normalize_obs: bool = True  # standardize observations with the dataset's mean/std
+
+    def reader_options(self) -> dict[str, Any]:
+        """The options of this format's reader that this config sets."""
+        return {k: getattr(self, k) for k in FORMATS[self.format].options if getattr(self, k) is not None}
 
 
 @dataclass
@@ -55,35 +67,38 @@ class CollectConfig:
 
 @dataclass
 class PolicyConfig:
+    """What ``make_policy`` builds; the options, their ranges and the rules between them are
+    :mod:`pipeline.policies.kinds` (each kind reads its own)."""
+
     kind: PolicyKind = "flow_t"  # gaussian | flow_mlp | flow_g | flow_t
     steps: int = 4  # K Euler steps of the flow rollout
-    noise: Literal["fixed", "learned"] = "fixed"  # per-step noise: scalar sigma or a learned log-sigma head
+    noise: Literal[NOISE_MODES] = "fixed"  # per-step noise: scalar sigma or a learned log-sigma head
     noise_std: float = 0.1  # fixed sigma of the noise-augmented rollout
-    log_prob: Literal["exact", "paper_code"] = "exact"  # exact path density or the public code's variant
+    log_prob: Literal[LOG_PROB_MODES] = "exact"  # exact path density or the public code's variant
     hidden: int = 256  # MLP width (gaussian, flow_mlp, flow_g, flow_t encoders)
     layers: int = 2  # MLP hidden layers
     d_model: int = 64  # flow_t token width
     n_layers: int = 2  # flow_t decoder layers
     n_heads: int = 4  # flow_t attention heads
-    norm: Literal["post", "pre"] = "post"  # flow_t LayerNorm placement
-    bc_target: Literal["pretanh", "raw"] = "pretanh"  # flow-matching target space for dataset actions
+    norm: Literal[NORMS] = "post"  # flow_t LayerNorm placement
+    bc_target: Literal[BC_TARGETS] = "pretanh"  # flow-matching target space for dataset actions
     # BatchRenorm layers in the actor, batch statistics in the SAC actor terms (on the actor's own rollout) and running
     # ones everywhere else, pretraining's flow matching included (it evaluates off the rollout's grid). none;
     # input: on the observations; crossq: where the public CrossQ actors have them (Gaussian: input and every
     # hidden layer; Flow-MLP / Flow-G: [s, a_i] at every step; Flow-T: s, a_i and in place of its LayerNorms);
     # crossq_per_step (flows): crossq with one layer per rollout step for the input that holds a_i (the public
     # Flow-T actor's action layer; Flow-MLP / Flow-G: their [s, a_i] layer)
-    batch_renorm: Literal["none", "input", "crossq", "crossq_per_step"] = "none"
+    batch_renorm: Literal[BATCH_RENORM_MODES] = "none"
     # the squashing correction -sum log(1 - tanh(a_K)^2 + eps): floored (eps = 1e-6, the public code's; it stops
     # charging for |a_K| past ~7) or exact (eps = 0)
-    tanh_jacobian: Literal["floored", "exact"] = "floored"
+    tanh_jacobian: Literal[TANH_JACOBIAN_MODES] = "floored"
+    log_std_min: float = -5.0  # gaussian: the state-dependent log std is squashed into [min, max]
+    log_std_max: float = 2.0
 
     def policy_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`pipeline.policies.make_policy`: the options this kind accepts."""
-        from pipeline.policies import policy_options
-
+        """Keyword arguments for :func:`pipeline.policies.make_policy`: the options this kind has."""
         skip = {"noise_std"} if self.noise == "learned" else set()  # a learned sigma has no fixed value
-        return {k: getattr(self, k) for k in policy_options(self.kind) if hasattr(self, k) and k not in skip}
+        return {k: getattr(self, k) for k in policy_options(self.kind) if k not in skip}
 
 
 @dataclass
@@ -217,13 +232,6 @@ class Config:
 # ---------------------------------------------------------------------------------------------------------------
 # Range checks: (dotted key, predicate, what is allowed)
 _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
-    ("policy.steps", lambda v: 1 <= v <= 32, "an integer in 1..32"),
-    ("policy.noise_std", lambda v: v > 0, "> 0"),
-    ("policy.hidden", lambda v: v >= 1, ">= 1"),
-    ("policy.layers", lambda v: v >= 1, ">= 1"),
-    ("policy.d_model", lambda v: v >= 1, ">= 1"),
-    ("policy.n_layers", lambda v: v >= 1, ">= 1"),
-    ("policy.n_heads", lambda v: v >= 1, ">= 1"),
     ("critic.n_critics", lambda v: v >= 1, ">= 1"),
     ("critic.hidden", lambda v: v >= 1, ">= 1"),
     ("critic.layers", lambda v: v >= 1, ">= 1"),
@@ -285,16 +293,10 @@ def validate(cfg: Config) -> None:
     if cfg.collect.ref_min_score is not None and cfg.collect.ref_max_score is None:
         raise ConfigError("config key 'collect.ref_min_score' is stored by Minari only with 'collect.ref_max_score': "
                           "set both, or neither")
-    if cfg.policy.kind == "flow_t" and cfg.policy.d_model % cfg.policy.n_heads:
-        raise ConfigError(
-            f"config key 'policy.d_model' = {cfg.policy.d_model} must be divisible by "
-            f"'policy.n_heads' = {cfg.policy.n_heads}"
-        )
-    if cfg.policy.kind == "gaussian" and cfg.policy.batch_renorm == "crossq_per_step":
-        raise ConfigError(
-            "config key 'policy.batch_renorm' = 'crossq_per_step' needs a flow policy (its layers are per rollout "
-            "step); policy.kind = 'gaussian' has no rollout: use 'crossq'"
-        )
+    try:
+        check_policy_options(cfg.policy.kind, cfg.policy.policy_kwargs(), name=lambda k: f"config key 'policy.{k}'")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     data_parallel = world > 1 or cfg.trainer.strategy == "ddp"
     if cfg.sac.update_mode == "auto" and data_parallel:

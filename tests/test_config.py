@@ -187,6 +187,25 @@ def test_env_options_left_for_another_env_name_the_key_and_how_to_clear_it(tmp_p
         finetune(cfg, tmp_path)
 
 
+def test_every_option_of_every_kind_and_format_is_a_config_key() -> None:
+    """The policy kinds' and dataset formats' tables (pipeline.policies.kinds, pipeline.data.formats) are what the
+    config offers: a kind's option or a reader's option that no config key sets could not be chosen."""
+    from dataclasses import fields
+
+    from pipeline.config import DatasetConfig, PolicyConfig
+    from pipeline.data import FORMATS
+    from pipeline.policies import POLICY_KINDS, policy_options
+
+    policy_keys, dataset_keys = {f.name for f in fields(PolicyConfig)}, {f.name for f in fields(DatasetConfig)}
+    for kind in POLICY_KINDS:
+        assert set(policy_options(kind)) <= policy_keys, kind
+    for fmt in FORMATS.values():
+        assert set(fmt.options) <= dataset_keys, fmt.name
+    assert load_config(overrides=["pretrain.dataset.format=d4rl", "pretrain.dataset.env_name=hopper-medium-v2",
+                                  "pretrain.dataset.filter_key=train"]).pretrain.dataset.reader_options() == \
+        {"env_name": "hopper-medium-v2"}  # options of another format stay with it
+
+
 def test_repository_params_yaml_loads() -> None:
     path = Path(__file__).resolve().parent.parent / "params.yaml"
     if not path.is_file():
@@ -199,7 +218,7 @@ def test_policy_kwargs_follow_the_kind() -> None:
     kwargs = cfg.policy.policy_kwargs()
     assert "noise_std" not in kwargs and kwargs["noise"] == "learned" and "d_model" not in kwargs
     gauss = load_config(overrides=["policy.kind=gaussian"]).policy.policy_kwargs()
-    assert set(gauss) == {"hidden", "layers", "batch_renorm", "tanh_jacobian"}
+    assert set(gauss) == {"hidden", "layers", "batch_renorm", "tanh_jacobian", "log_std_min", "log_std_max"}
     exact = load_config(overrides=["policy.kind=flow_t", "policy.tanh_jacobian=exact"]).policy.policy_kwargs()
     assert exact["tanh_jacobian"] == "exact"
     with pytest.raises(ConfigError, match="tanh_jacobian"):

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from minari.data_collector.episode_buffer import EpisodeBuffer
 
-from pipeline.data import DatasetError, collect_minari, load_dataset
+from pipeline.collection.minari import collect_minari
+from pipeline.data import DatasetError, load_dataset
 
 # Datasets built here from buffers leave Minari's optional descriptive fields empty on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is set to None:UserWarning",

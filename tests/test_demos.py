@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.data.robomimic_writer import Episode, collect_robosuite_demos, write_robomimic
+from pipeline.collection.robosuite_demos import collect_robosuite_demos
+from pipeline.data.robomimic_writer import Episode, write_robomimic
 from pipeline.envs import make_env
 
 N_EPISODES = 3

@@ -26,7 +26,7 @@ TIMING = ("updates_per_s", "env_steps_per_s", "env_share", "act_share", "update_
 
 @pytest.fixture(scope="module")
 def lift_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.data.robomimic_writer import collect_robosuite_demos
+    from pipeline.collection.robosuite_demos import collect_robosuite_demos
 
     path = tmp_path_factory.mktemp("resume") / "lift.hdf5"
     collect_robosuite_demos("Lift", path, 3, noise_levels=(0.0, 0.3), seed=0, horizon=80)

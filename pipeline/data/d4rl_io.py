@@ -25,14 +25,8 @@ import numpy as np
 import torch
 
 from pipeline.checkpoint import atomic_write
-from pipeline.data.dataset import (
-    DatasetError,
-    TransitionDataset,
-    check_actions,
-    check_array,
-    check_flags,
-    finite_or_none,
-)
+from pipeline.data.checks import check_actions, check_array, check_flags, finite_or_none
+from pipeline.data.dataset import DatasetError, TransitionDataset
 
 #: D4RL v2 reference returns (random policy, expert policy), keyed by environment family.
 D4RL_REF_SCORES: dict[str, tuple[float, float]] = {

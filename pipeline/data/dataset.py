@@ -1,4 +1,4 @@
-"""The in-memory transition dataset every loader produces, its artefact file, and the loader entry point.
+"""The in-memory transition dataset every loader produces, and its artefact file.
 
 A :class:`TransitionDataset` is a flat table of ``N`` transitions ``(s, a, r, s', terminal, timeout)`` in
 float32 torch tensors, cut into episodes by ``episode_ends``. Conventions shared by all formats:
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,6 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 ACTION_TOLERANCE = 1e-4
 #: Version tag of the artefact written by :meth:`TransitionDataset.save`.
 ARTEFACT_VERSION = 1
-FORMATS = ("minari", "d4rl", "robomimic")
 
 _TENSOR_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -309,102 +307,6 @@ def check_compatible(dataset: TransitionDataset, obs_dim: int, act_dim: int, sou
     if dataset.act_dim != act_dim:
         raise DatasetError(data_src, "actions", f"expected {act_dim} action dims to match {source}, "
                            f"the dataset has {dataset.act_dim}")
-
-
-def load_dataset(fmt: str, source: str | os.PathLike[str], **options: Any) -> TransitionDataset:
-    """Load offline transitions from ``source`` in format ``fmt`` (``minari | d4rl | robomimic``).
-
-    ``source`` is a Minari dataset id or dataset directory (``minari``) or an ``.hdf5`` path (``d4rl``,
-    ``robomimic``). Options by format:
-
-    - minari: ``obs_keys`` (Dict observation spaces: top-level keys in this order; default all, sorted).
-    - d4rl: ``env_name`` (D4RL name such as ``hopper-medium-v2`` for reference scores).
-    - robomimic: ``obs_keys`` (ordered low-dim keys), ``filter_key`` (``mask/<filter_key>`` selects demos).
-    - all: ``std_floor`` (floor of the observation std in the attached normalization statistics).
-
-    An option that belongs to another format is accepted only with the value ``None`` (so one config can feed
-    every format); any other unknown option raises DatasetError. The result carries normalization statistics.
-    """
-    allowed = {"minari": ("obs_keys",), "d4rl": ("env_name",), "robomimic": ("obs_keys", "filter_key")}
-    if fmt not in allowed:
-        raise DatasetError(source, "fmt", f"expected a dataset format in {list(FORMATS)}, got {fmt!r}")
-    known_elsewhere = {k for keys in allowed.values() for k in keys}
-    std_floor = options.pop("std_floor", 1e-3)
-    kwargs: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in allowed[fmt]:
-            kwargs[key] = value
-        elif key in known_elsewhere and value is None:
-            continue
-        else:
-            valid = sorted(set(allowed[fmt]) | {"std_floor"})
-            raise DatasetError(source, key, f"unknown option for format {fmt!r}; expected one of {valid}")
-    if fmt == "minari":
-        from pipeline.data.minari_io import load_minari
-        ds = load_minari(source, **kwargs)
-    elif fmt == "d4rl":
-        from pipeline.data.d4rl_io import load_d4rl
-        ds = load_d4rl(source, **kwargs)
-    else:
-        from pipeline.data.robomimic_io import load_robomimic
-        ds = load_robomimic(source, **kwargs)
-    return ds.with_normalization(std_floor=std_floor)
-
-
-# --------------------------------------------------------------------- helpers shared by the loaders
-def check_array(arr: Any, source: str | os.PathLike[str], key: str, *, ndim: tuple[int, ...],
-                length: int | None = None, width: int | None = None) -> np.ndarray:
-    """Validate a raw array read from a file and return it as float64 numpy.
-
-    ``ndim`` lists the accepted ranks; a rank-2 array with one column is accepted where rank 1 is expected
-    and flattened. ``length`` / ``width`` check dims 0 and 1. Non-numeric data, wrong shapes and NaN/Inf raise
-    DatasetError naming ``source`` and ``key``.
-    """
-    a = np.asarray(arr)
-    if a.dtype.kind not in "biuf":
-        raise DatasetError(source, key, f"expected a numeric array, got dtype {a.dtype}")
-    if 1 in ndim and a.ndim == 2 and a.shape[1] == 1 and 2 not in ndim:
-        a = a[:, 0]
-    if a.ndim not in ndim:
-        raise DatasetError(source, key, f"expected an array of rank {' or '.join(map(str, ndim))}, "
-                           f"got shape {list(a.shape)}")
-    if length is not None and a.shape[0] != length:
-        raise DatasetError(source, key, f"expected length {length}, got shape {list(a.shape)}")
-    if width is not None and (a.ndim < 2 or a.shape[1] != width):
-        raise DatasetError(source, key, f"expected {width} columns, got shape {list(a.shape)}")
-    a = a.astype(np.float64, copy=False)
-    # Values beyond the float32 range would turn into Inf when the dataset is cast to float32.
-    finite = np.isfinite(a) & (np.abs(a) <= np.finfo(np.float32).max)
-    if not finite.all():
-        row = int(np.argwhere(~finite)[0][0])
-        raise DatasetError(source, key, f"expected finite values within float32 range, found "
-                           f"{a.reshape(a.shape[0], -1)[row][~finite.reshape(a.shape[0], -1)[row]][0]!r} at row {row}")
-    return a
-
-
-def check_flags(arr: np.ndarray, source: str | os.PathLike[str], key: str) -> np.ndarray:
-    """Validate 0/1 flags (bool or numeric) and return them as a bool array."""
-    if not np.isin(arr, (0, 1)).all():
-        bad = arr[~np.isin(arr, (0, 1))][0]
-        raise DatasetError(source, key, f"expected 0/1 flags, found value {bad!r}")
-    return arr.astype(bool)
-
-
-def check_actions(actions: np.ndarray, source: str | os.PathLike[str], key: str) -> None:
-    """Raise DatasetError when an action leaves ``[-1, 1]`` by more than :data:`ACTION_TOLERANCE`."""
-    if actions.size and float(np.abs(actions).max()) > 1.0 + ACTION_TOLERANCE:
-        row = int(np.argwhere(np.abs(actions) > 1.0 + ACTION_TOLERANCE)[0][0])
-        raise DatasetError(source, key, f"expected actions in [-1, 1], found {actions[row].tolist()} at row {row} "
-                           f"(min {actions.min():.6g}, max {actions.max():.6g})")
-
-
-def finite_or_none(value: Any) -> float | None:
-    """``float(value)`` when it is a finite number, else ``None`` (metadata scores may be missing or junk)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _as_float_tensor(value: Any, source: Any, name: str) -> torch.Tensor:

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.data.dataset import DatasetError, TransitionDataset, check_actions, check_array, check_flags
+from pipeline.data.checks import check_actions, check_array, check_flags
+from pipeline.data.dataset import DatasetError, TransitionDataset
 
 #: Low-dim keys robomimic's low_dim configs train on, in robomimic's order; used when all are in the file.
 ROBOMIMIC_LOW_DIM_KEYS = ("object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")

@@ -1,34 +1,28 @@
 """Policies: flow policies (Flow-MLP, Flow-G, Flow-T) and the Gaussian SAC baseline.
 
-All policies share one interface (DESIGN.md §3):
+All policies share one interface (docs/design.md, "Policies"):
 
 - ``sample(obs [B,S], noise_std=None) -> (action [B,A] in [-1,1], log_prob [B])``, reparameterized;
 - ``sample_with_log_sigma(obs, noise_std=None)``: the same plus the mean log noise scale per row ``[B]``;
 - ``act(obs [B,S], deterministic=True) -> action [B,A]`` under ``no_grad``;
 - ``bc_loss(obs [B,S], actions [B,A]) -> scalar``.
 
-Build them with :func:`make_policy`.
+Build them with :func:`make_policy`; the kinds and their options are :mod:`pipeline.policies.kinds`. Importing this
+package does not import torch (the config reads the kinds): the policy classes load when first used.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from pipeline.policies.kinds import POLICY_KINDS, check_policy_options, policy_options
 
-from pipeline.batch_renorm import BATCH_RENORM_MODES
-from pipeline.policies.flow import (
-    BC_TARGETS,
-    LOG_PROB_MODES,
-    NOISE_MODES,
-    TANH_JACOBIAN_MODES,
-    FlowPolicy,
-    FlowRollout,
-)
-from pipeline.policies.gaussian import GAUSSIAN_BATCH_RENORM_MODES, GaussianPolicy
-from pipeline.policies.velocity import FlowGVelocity, FlowMLPVelocity, FlowTVelocity, SingleTokenAttention
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.policies.flow import FlowPolicy, FlowRollout
+    from pipeline.policies.gaussian import GaussianPolicy
+    from pipeline.policies.velocity import FlowGVelocity, FlowMLPVelocity, FlowTVelocity, SingleTokenAttention
 
 __all__ = [
     "POLICY_KINDS",
@@ -43,84 +37,18 @@ __all__ = [
     "policy_options",
 ]
 
-POLICY_KINDS: tuple[str, ...] = ("gaussian", "flow_mlp", "flow_g", "flow_t")
 
-Validator = Callable[[str, Any], Any]
-
-
-def _int_range(lo: int, hi: int) -> Validator:
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"policy option {key!r} must be an int in [{lo}, {hi}], got {value!r}")
-        return value
-
-    return check
-
-
-def _positive_float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise ValueError(f"policy option {key!r} must be a finite float > 0, got {value!r}")
-    return float(value)
-
-
-def _float(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"policy option {key!r} must be a finite float, got {value!r}")
-    return float(value)
-
-
-def _choice(options: tuple[str, ...]) -> Validator:
-    def check(key: str, value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"policy option {key!r} must be one of {options}, got {value!r}")
-        return value
-
-    return check
-
-
-# key -> (validator, default), per policy kind.
-_FLOW_COMMON: dict[str, tuple[Validator, Any]] = {
-    "steps": (_int_range(1, 32), 4),
-    "noise": (_choice(NOISE_MODES), "fixed"),
-    "noise_std": (_positive_float, 0.1),
-    "log_prob": (_choice(LOG_PROB_MODES), "exact"),
-    "bc_target": (_choice(BC_TARGETS), "pretanh"),
-}
-_MLP_NET: dict[str, tuple[Validator, Any]] = {
-    "hidden": (_int_range(1, 65536), 256),
-    "layers": (_int_range(1, 64), 2),
-}
-# options every kind has
-_SHARED: dict[str, tuple[Validator, Any]] = {
-    "batch_renorm": (_choice(BATCH_RENORM_MODES), "none"),
-    "tanh_jacobian": (_choice(TANH_JACOBIAN_MODES), "floored"),
-}
-_OPTIONS: dict[str, dict[str, tuple[Validator, Any]]] = {
-    "gaussian": {
-        **_MLP_NET,
-        **_SHARED,
-        "batch_renorm": (_choice(GAUSSIAN_BATCH_RENORM_MODES), "none"),
-        "log_std_min": (_float, -5.0),
-        "log_std_max": (_float, 2.0),
-    },
-    "flow_mlp": {**_FLOW_COMMON, **_MLP_NET, **_SHARED},
-    "flow_g": {**_FLOW_COMMON, **_MLP_NET, **_SHARED},
-    "flow_t": {
-        **_FLOW_COMMON,
-        **_SHARED,
-        "d_model": (_int_range(1, 65536), 64),
-        "n_layers": (_int_range(1, 64), 2),
-        "n_heads": (_int_range(1, 1024), 4),
-        "norm": (_choice(("post", "pre")), "post"),
-    },
-}
-
-
-def policy_options(kind: str) -> dict[str, Any]:
-    """The accepted options of policy ``kind`` with their defaults."""
-    if kind not in _OPTIONS:
-        raise ValueError(f"unknown policy kind {kind!r}; expected one of {POLICY_KINDS}")
-    return {key: default for key, (_, default) in _OPTIONS[kind].items()}
+def __getattr__(name: str) -> Any:
+    """The policy classes, imported on first use."""
+    if name in ("FlowPolicy", "FlowRollout"):
+        from pipeline.policies import flow as module
+    elif name == "GaussianPolicy":
+        from pipeline.policies import gaussian as module
+    elif name in ("FlowGVelocity", "FlowMLPVelocity", "FlowTVelocity", "SingleTokenAttention"):
+        from pipeline.policies import velocity as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
 
 
 def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
@@ -143,30 +71,22 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
 
     An unknown kind or option, or a value out of range, raises ValueError naming it.
     """
-    if kind not in _OPTIONS:
-        raise ValueError(f"unknown policy kind {kind!r}; expected one of {POLICY_KINDS}")
-    spec = _OPTIONS[kind]
-    for key in cfg:
-        if key not in spec:
-            raise ValueError(f"unknown option {key!r} for policy kind {kind!r}; allowed: {sorted(spec)}")
+    from pipeline.policies.flow import FlowPolicy
+    from pipeline.policies.gaussian import GaussianPolicy
+    from pipeline.policies.velocity import FlowGVelocity, FlowMLPVelocity, FlowTVelocity
+
     for key, value in (("obs_dim", obs_dim), ("act_dim", act_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be an int >= 1, got {value!r}")
-    opts = {key: check(key, cfg[key]) if key in cfg else default for key, (check, default) in spec.items()}
+    opts = check_policy_options(kind, cfg)
 
     if kind == "gaussian":
-        if not opts["log_std_min"] < opts["log_std_max"]:
-            raise ValueError(
-                f"policy option 'log_std_min' ({opts['log_std_min']}) must be < 'log_std_max' ({opts['log_std_max']})"
-            )
         return GaussianPolicy(obs_dim, act_dim, **opts)
 
     learned = opts["noise"] == "learned"
     crossq = opts["batch_renorm"] in ("crossq", "crossq_per_step")
     # per-step layers for the input that holds a_i, one per rollout step
     renorm_steps = opts["steps"] if opts["batch_renorm"] == "crossq_per_step" else None
-    if learned and "noise_std" in cfg:
-        raise ValueError("policy option 'noise_std' is only valid with noise='fixed' (noise='learned' was given)")
     velocity: nn.Module
     if kind == "flow_mlp":
         velocity = FlowMLPVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
@@ -175,10 +95,6 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
         velocity = FlowGVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
                                  batch_renorm=crossq, renorm_steps=renorm_steps)
     else:
-        if opts["d_model"] % opts["n_heads"] != 0:
-            raise ValueError(
-                f"policy option 'd_model' ({opts['d_model']}) must be divisible by 'n_heads' ({opts['n_heads']})"
-            )
         velocity = FlowTVelocity(
             obs_dim,
             act_dim,

@@ -1,6 +1,6 @@
 """Flow policy: noise-augmented Euler rollout, path log-likelihood, flow-matching BC loss.
 
-DESIGN.md §1.1–1.2. The policy integrates a velocity field over ``K`` uniform steps
+docs/design.md ("The flow policy", "The exact path likelihood"). The policy integrates a velocity field over ``K`` uniform steps
 (``t_i = i/K``, ``Δt = 1/K``) starting from ``a_0 ~ N(0, I)`` and outputs ``tanh(a_K)``.
 Gaussian noise at every step makes each step a Gaussian transition, so the density of the whole
 path is a product of Gaussians (used by SAC in place of the marginal density of the action).
@@ -16,11 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.batch_renorm import ActorBatchRenorm, PerStepActorBatchRenorm
+from pipeline.policies.kinds import BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, TANH_JACOBIAN_MODES
 
-NOISE_MODES = ("fixed", "learned")
-LOG_PROB_MODES = ("exact", "paper_code")
-BC_TARGETS = ("pretanh", "raw")
-TANH_JACOBIAN_MODES = ("floored", "exact")
 
 # Pre-tanh BC targets are atanh of actions clipped to ±(1 − ATANH_CLIP_EPS): a ±1 gripper command
 # then maps to ±6.1 instead of ±inf.

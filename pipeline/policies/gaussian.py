@@ -7,13 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pipeline.batch_renorm import BATCH_RENORM_MODES, ActorBatchRenorm
-from pipeline.policies.flow import TANH_JACOBIAN_MODES, atanh_target, tanh_log_det_jacobian
+from pipeline.batch_renorm import ActorBatchRenorm
+from pipeline.policies.flow import atanh_target, tanh_log_det_jacobian
+from pipeline.policies.kinds import GAUSSIAN_BATCH_RENORM_MODES, TANH_JACOBIAN_MODES
 from pipeline.policies.velocity import mlp
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-# policy.batch_renorm for the Gaussian: every mode but the flows' per-step one (it has no rollout)
-GAUSSIAN_BATCH_RENORM_MODES = tuple(mode for mode in BATCH_RENORM_MODES if mode != "crossq_per_step")
 
 
 class GaussianPolicy(nn.Module):

@@ -45,7 +45,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     if c.kind == "none":
         stats: dict[str, Any] = {"kind": "none"}
     elif c.kind == "robosuite_demos":
-        from pipeline.data.robomimic_writer import collect_robosuite_demos
+        from pipeline.collection.robosuite_demos import collect_robosuite_demos
 
         if not c.env_id.startswith(ROBOSUITE_PREFIX):
             raise ConfigError(f"config key 'collect.env_id' = {c.env_id!r}: robosuite_demos needs a "
@@ -58,7 +58,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     else:
         import gymnasium as gym
 
-        from pipeline.data.minari_io import collect_minari
+        from pipeline.collection.minari import collect_minari
         from pipeline.envs import make_env
 
         if c.env_id.startswith(ROBOSUITE_PREFIX):  # registered by pipeline.envs; the env counts its own horizon

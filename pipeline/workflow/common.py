@@ -79,12 +79,7 @@ def resume_state(out: Path, fingerprint: str) -> dict[str, Any] | None:
 def load_offline(dcfg: DatasetConfig) -> TransitionDataset:
     """The dataset as stored, with observation statistics attached (:func:`training_transitions` makes what SAC
     trains on from it)."""
-    options: dict[str, Any] = {}
-    if dcfg.obs_keys is not None:
-        options["obs_keys"] = dcfg.obs_keys
-    if dcfg.filter_key is not None:
-        options["filter_key"] = dcfg.filter_key
-    ds = load_dataset(dcfg.format, dcfg.source, **options)
+    ds = load_dataset(dcfg.format, dcfg.source, **dcfg.reader_options())
     return ds if ds.normalization is not None else ds.with_normalization()
 
 
