@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.exp_queue import experiment_results, queue_table, start_workers, wait
+from pipeline.experiments.queue import experiment_results, queue_table, start_workers, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 

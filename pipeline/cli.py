@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import ConfigError, list_presets, load_config
-from pipeline.exp_queue import QueueError
+from pipeline.experiments.queue import QueueError
 from pipeline.terminal import console, results_console
 from pipeline.workflow import add_arguments, execute, run_command, stages
 
@@ -41,7 +41,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _show_table(rows: list[dict[str, Any]], title: str) -> None:
-    from pipeline.benchmark import ci_cell
+    from pipeline.experiments.tables import ci_cell
 
     table = Table(title=title)
     table.add_column("preset", overflow="fold")  # a run's identity: folded onto lines, never cut short
@@ -58,7 +58,7 @@ def cmd_table_run(args: argparse.Namespace) -> None:
     """presets x seeds, one after another in this process (what ``dvc repro bench/table/dvc.yaml`` runs)."""
     import yaml
 
-    from pipeline.benchmark import gather_table, run_name, run_preset
+    from pipeline.experiments.tables import gather_table, run_name, run_preset
 
     params = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).is_file() else {}
     presets = _names(args.presets, "presets") if args.presets else params.get("presets")
@@ -78,7 +78,7 @@ def cmd_table_run(args: argparse.Namespace) -> None:
 
 def cmd_table_queue(args: argparse.Namespace) -> int:
     """Queue presets x seeds as DVC experiments and start workers; with --wait, gather the table at the end."""
-    from pipeline import exp_queue
+    from pipeline.experiments import queue as exp_queue
 
     presets, seeds = _names(args.presets, "presets"), _seeds(args.seeds)
     if args.jobs < 1:
@@ -103,11 +103,11 @@ def cmd_table_queue(args: argparse.Namespace) -> int:
 def cmd_table_gather(args: argparse.Namespace) -> None:
     """The table of every finished DVC experiment (or, with --runs, of every run directory)."""
     if args.runs:
-        from pipeline.benchmark import gather_table
+        from pipeline.experiments.tables import gather_table
 
         rows = gather_table(args.runs, args.out)
     else:
-        from pipeline.exp_queue import gather_experiments
+        from pipeline.experiments.queue import gather_experiments
 
         rows = gather_experiments(args.out, args.repo, rev=args.rev, all_commits=args.all_commits)
     if not rows:
@@ -117,7 +117,7 @@ def cmd_table_gather(args: argparse.Namespace) -> None:
 
 def _slurm_module() -> Any:
     try:
-        from pipeline import slurm
+        from pipeline.experiments import slurm
     except ImportError as e:
         raise ConfigError(f"sacflow slurm needs submitit ({e}): pip install 'sacflow[slurm]'") from e
     return slurm
@@ -165,7 +165,7 @@ def cmd_slurm_resubmit(args: argparse.Namespace) -> None:
 
 
 def add_slurm_parser(sub: Any) -> None:
-    """``sacflow slurm submit|status|resubmit``: a benchmark table as Slurm jobs (see pipeline/slurm.py); the
+    """``sacflow slurm submit|status|resubmit``: a benchmark table as Slurm jobs (see pipeline/experiments/slurm.py); the
     table itself comes from ``sacflow table gather --runs <out>``."""
     slurm = sub.add_parser("slurm", help="run presets x seeds as Slurm jobs; status; resubmit stopped runs",
                            description=add_slurm_parser.__doc__)

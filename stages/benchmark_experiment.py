@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from pipeline.benchmark import run_experiment
+from pipeline.experiments.tables import run_experiment
 from pipeline.terminal import quiet_libraries
 from pipeline.config import ConfigError
 

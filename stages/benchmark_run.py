@@ -2,7 +2,7 @@
 
 import argparse
 
-from pipeline.benchmark import run_preset
+from pipeline.experiments.tables import run_preset
 from pipeline.terminal import quiet_libraries
 
 p = argparse.ArgumentParser(description=__doc__)

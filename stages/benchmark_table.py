@@ -2,7 +2,7 @@
 
 import argparse
 
-from pipeline.benchmark import gather_table
+from pipeline.experiments.tables import gather_table
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--runs", default="runs/table")

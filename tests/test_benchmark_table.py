@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.benchmark import TRAINING_MODE, config_label, gather_table, mean_ci95, table_rows
+from pipeline.experiments.tables import TRAINING_MODE, config_label, gather_table, mean_ci95, table_rows
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config, save_config
-from pipeline.exp_queue import grid_params
+from pipeline.experiments.queue import grid_params
 from pipeline.metrics import CSVLog, final_training_episodes, write_json
 from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
 

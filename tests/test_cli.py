@@ -76,7 +76,7 @@ def test_presets_and_info_run(capsys: pytest.CaptureFixture[str]) -> None:
 def test_stages_without_a_trainer_do_not_import_lightning() -> None:
     # importing Lightning costs a process seconds; collect, evaluate, report and the queue commands build no Trainer
     code = ("import sys; import pipeline.cli, pipeline.workflow.collect, pipeline.workflow.evaluate, "
-            "pipeline.workflow.report, pipeline.benchmark; pipeline.cli.build_parser(); "
+            "pipeline.workflow.report, pipeline.experiments.tables; pipeline.cli.build_parser(); "
             "sys.exit('lightning' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import pipeline
-from pipeline.benchmark import run_preset
+from pipeline.experiments.tables import run_preset
 from pipeline.checkpoint import RUN_CHECKPOINT
 from pipeline.cli import main
 from pipeline.config import ConfigError
@@ -195,7 +195,7 @@ def _interrupted_stage(run_dir: Path) -> str | None:
 
 
 def test_jobs_resume_after_requeue_and_resubmit(slurm_cluster: LocalCluster, tmp_path: Path) -> None:
-    from pipeline.slurm import LOGS_DIR, is_finished, load_jobs, queue_states, status
+    from pipeline.experiments.slurm import LOGS_DIR, is_finished, load_jobs, queue_states, status
 
     out = tmp_path / "runs"
     sets = [x for s in FAST for x in ("--set", s)]

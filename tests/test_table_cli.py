@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.benchmark import TRAINING_MODE
+from pipeline.experiments.tables import TRAINING_MODE
 from pipeline.config import dotted_items
-from pipeline.exp_queue import QueueError, check_repo, experiments, queue_table
+from pipeline.experiments.queue import QueueError, check_repo, experiments, queue_table
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
 """Benchmark runs on a Slurm cluster: one job per (preset, seed), each in its own run directory.
 
-Every job is :func:`pipeline.benchmark.run_preset` in ``<out>/<preset>-s<seed>/``, the layout of ``sacflow table run``
+Every job is :func:`pipeline.experiments.tables.run_preset` in ``<out>/<preset>-s<seed>/``, the layout of ``sacflow table run``
 and the DVC matrix, so ``sacflow table gather --runs <out>`` builds the same table from either. Jobs go through
 submitit:
 
@@ -36,7 +36,7 @@ import submitit
 from submitit.core.utils import FailedJobError
 
 from pipeline import preemption
-from pipeline.benchmark import run_name, run_preset
+from pipeline.experiments.tables import run_name, run_preset
 from pipeline.config import ConfigError, load_config
 from pipeline.metrics import read_json, write_json
 

@@ -6,7 +6,7 @@ runs in its own temporary copy of the repository (``.dvc/tmp/exps/tmp*``) and co
 record (a cached DVC metric) to an experiment ref, so workers share no run directory; the queue's broker is a
 folder (``.dvc/tmp/exps/celery``), not a port. :func:`experiment_results` reads finished experiments back from
 ``dvc exp show --json`` and :func:`gather_experiments` turns them into the same table as the in-process matrix
-(:func:`pipeline.benchmark.gather_table`).
+(:func:`pipeline.experiments.tables.gather_table`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark import Overrides, config_label, table_rows, with_training, write_table
+from pipeline.experiments.tables import Overrides, config_label, table_rows, with_training, write_table
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
 
 QUEUE_PIPELINE = "bench/queue/dvc.yaml"  # the experiment pipeline, relative to the repository root
 QUEUE_PARAMS = "bench/queue/params.yaml"  # its params: preset, seed, config
-RESULT = "runs/queue/result.json"  # its result record (pipeline.benchmark.run_experiment)
+RESULT = "runs/queue/result.json"  # its result record (pipeline.experiments.tables.run_experiment)
 # Lightning's DDP uses MASTER_PORT (or STANDALONE_PORT) when set and a free port otherwise: a fixed one would be
 # shared by every worker's DDP run, so workers start without them.
 PORT_VARIABLES = ("MASTER_PORT", "STANDALONE_PORT")

@@ -5,7 +5,7 @@ Two ways to fan presets x seeds out, one table:
 - ``bench/table/dvc.yaml`` (``dvc repro bench/table/dvc.yaml``, or ``sacflow table run`` in one process): a DVC
   ``matrix``; each run is the whole pipeline (collect, pretrain, finetune, evaluate) in
   ``runs/table/<preset>-s<seed>/``, so runs never share files and can execute in any order or in parallel.
-- ``bench/queue/dvc.yaml`` (``sacflow table queue``, see :mod:`pipeline.exp_queue`): one DVC experiment per
+- ``bench/queue/dvc.yaml`` (``sacflow table queue``, see :mod:`pipeline.experiments.queue`): one DVC experiment per
   (preset, seed), run by ``dvc queue`` workers, each in its own temporary workspace; :func:`run_experiment` is
   that experiment's stage and writes a result record that ``dvc exp show`` reads back.
 """
