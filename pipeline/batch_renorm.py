@@ -51,7 +51,7 @@ class BatchRenorm(nn.Module):
         mean = x.mean(dim=1, keepdim=True)
         centered = x - mean
         # two passes, not Tensor.var: on the CPU its kernel for this middle-dim reduction is ~9x slower
-        # (2 ms vs 0.2 ms for [2, 512, 256]), ~8 % of a CrossQ update (bench/README.md)
+        # (bench/README.md)
         var = centered.square().mean(dim=1, keepdim=True)
         std = (var + self.eps).sqrt()
         running_std = (self.running_var + self.eps).sqrt()

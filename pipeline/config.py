@@ -139,7 +139,7 @@ class SACConfig:
     chunk: int = 1
     # auto | eager | compile (torch.compile of the critic and actor steps) | cuda_graphs (each step replayed as
     # one CUDA graph; CUDA only). The last two decide on skipping a non-finite step on the device, without host
-    # syncs. auto: cuda_graphs where the agent is on a CUDA device (same weights, ~3x faster fine-tuning on an H200),
+    # syncs. auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md),
     # eager elsewhere and in data-parallel runs
     update_mode: Literal["auto", "eager", "compile", "cuda_graphs"] = "auto"
 
@@ -211,7 +211,7 @@ class Config:
     seed: int = 0  # DDP rank r samples its batches with seed + r
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # torch CPU threads. One: RL-sized nets gain little from a second thread, and OpenMP threads that share cores
-    # with anything else (an env, another run) stall at every barrier, measured 30-100x slower. None: torch default.
+    # with anything else (an env, another run) stall at every barrier (bench/README.md). None: torch default.
     threads: int | None = 1
     collect: CollectConfig = field(default_factory=CollectConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -279,8 +279,23 @@ def get_dotted(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def is_data_parallel(cfg: Config) -> bool:
+    """Whether a stage runs data-parallel (DDP): more than one process, or ``trainer.strategy = ddp``."""
+    return cfg.trainer.devices * cfg.trainer.num_nodes > 1 or cfg.trainer.strategy == "ddp"
+
+
+def as_run(cfg: Config) -> Config:
+    """``cfg`` with what depends on how the stage runs decided: ``sac.update_mode: auto`` is ``eager`` in a
+    data-parallel run (DDP all-reduces gradients in Lightning's backward, which only the eager update calls; on one
+    process ``auto`` is decided by the device, :func:`pipeline.update.resolve_update_mode`)."""
+    if cfg.sac.update_mode == "auto" and is_data_parallel(cfg):
+        return dataclasses.replace(cfg, sac=dataclasses.replace(cfg.sac, update_mode="eager"))
+    return cfg
+
+
 def validate(cfg: Config) -> None:
-    """Raise :class:`ConfigError` for the first out-of-range value, and for cross-field inconsistencies."""
+    """Raise :class:`ConfigError` for the first out-of-range value, and for cross-field inconsistencies; the config
+    itself is never changed."""
     for key, ok, allowed in _RANGES:
         value = get_dotted(cfg, key)
         if not ok(value):
@@ -297,15 +312,12 @@ def validate(cfg: Config) -> None:
         check_policy_options(cfg.policy.kind, cfg.policy.policy_kwargs(), name=lambda k: f"config key 'policy.{k}'")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
-    data_parallel = world > 1 or cfg.trainer.strategy == "ddp"
-    if cfg.sac.update_mode == "auto" and data_parallel:
-        cfg.sac.update_mode = "eager"  # DDP all-reduces gradients in Lightning's backward, which eager keeps
-    if cfg.sac.update_mode != "eager" and data_parallel:
+    if cfg.sac.update_mode not in ("auto", "eager") and is_data_parallel(cfg):
         raise ConfigError(
             f"config key 'sac.update_mode' = {cfg.sac.update_mode!r} bypasses Lightning's backward, which "
-            f"all-reduces gradients across the {world} DDP process(es) of 'trainer.devices' x 'trainer.num_nodes' "
-            f"(trainer.strategy = {cfg.trainer.strategy!r}): use 'eager' with data-parallel training"
+            f"all-reduces gradients across the {cfg.trainer.devices * cfg.trainer.num_nodes} DDP process(es) of "
+            f"'trainer.devices' x 'trainer.num_nodes' (trainer.strategy = {cfg.trainer.strategy!r}): use 'eager' "
+            "(or 'auto') with data-parallel training"
         )
     if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Diagnostics of the flow rollout seen as a recurrent network (DESIGN.md §1.1).
+"""Diagnostics of the flow rollout seen as a recurrent network (docs/design.md, "The flow policy").
 
 SAC's actor loss reaches the velocity net's parameters at Euler step ``i`` only through the intermediate action
 ``a_{i+1}``, so ``‖∂Q/∂a_i‖`` along the path is the backpropagation-through-time signal of the rollout: it grows

@@ -130,13 +130,16 @@ def test_device_update_modes_are_refused_with_data_parallel_training() -> None:
 
 
 def test_auto_update_mode_runs_eager_on_a_cpu_and_in_data_parallel_runs() -> None:
-    from pipeline.config import load_config
+    from pipeline.config import as_run, load_config
 
     agent = tiny_agent()
     assert agent.cfg.update_mode == "auto"
     updater = SACUpdater(agent, make_optimizers(agent))
     assert updater.mode == "eager" and not updater.on_device
     assert load_config().sac.update_mode == "auto"
-    # DDP averages gradients inside Lightning's backward, which only the eager update calls
-    assert load_config(overrides=["trainer.devices=2", "trainer.strategy=ddp"]).sac.update_mode == "eager"
-    assert load_config(overrides=["trainer.num_nodes=2"]).sac.update_mode == "eager"
+    # DDP averages gradients inside Lightning's backward, which only the eager update calls; the config as loaded
+    # keeps what was asked for
+    ddp = load_config(overrides=["trainer.devices=2", "trainer.strategy=ddp"])
+    assert ddp.sac.update_mode == "auto" and as_run(ddp).sac.update_mode == "eager"
+    assert as_run(load_config(overrides=["trainer.num_nodes=2"])).sac.update_mode == "eager"
+    assert as_run(load_config()).sac.update_mode == "auto"

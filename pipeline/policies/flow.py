@@ -1,6 +1,7 @@
 """Flow policy: noise-augmented Euler rollout, path log-likelihood, flow-matching BC loss.
 
-docs/design.md ("The flow policy", "The exact path likelihood"). The policy integrates a velocity field over ``K`` uniform steps
+docs/design.md ("The flow policy", "The exact path likelihood"). The policy integrates a velocity field over
+``K`` uniform steps
 (``t_i = i/K``, ``Δt = 1/K``) starting from ``a_0 ~ N(0, I)`` and outputs ``tanh(a_K)``.
 Gaussian noise at every step makes each step a Gaussian transition, so the density of the whole
 path is a product of Gaussians (used by SAC in place of the marginal density of the action).
@@ -97,7 +98,7 @@ class FlowPolicy(nn.Module):
         paper_code: a_{i+1} = a_i + Δt·(v_i + σ_i·ε_{i+1})
         action = tanh(a_K)
 
-    ``log_prob="exact"`` (default) is the exact path log-likelihood of DESIGN.md §1.2::
+    ``log_prob="exact"`` (default) is the exact path log-likelihood (docs/design.md)::
 
         log N(a_0; 0, I) + Σ_i log N(a_{i+1}; a_i + Δt·v_i, σ_i² I) − Σ_d log(1 − tanh(a_K)_d² + 1e-6)
 

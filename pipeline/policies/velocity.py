@@ -1,4 +1,4 @@
-"""Velocity networks for flow policies (DESIGN.md §1.1).
+"""Velocity networks for flow policies (docs/design.md, "The flow policy").
 
 Every net has the same two-call interface used by :class:`pipeline.policies.flow.FlowPolicy`:
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, as_run
 from pipeline.distributed import process_rank
 from pipeline.metrics import write_json
 from pipeline.terminal import stage_progress
@@ -28,6 +28,7 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
     """
     from pipeline.lightning import OfflinePretrain, StepDataModule
 
+    cfg = as_run(cfg)
     trainer = make_trainer(cfg, callbacks)
     rank = process_rank(trainer)
     out = prepare(cfg, out_dir, rank)
