@@ -176,14 +176,15 @@ def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_unint
     import sys
     import time
 
-    overrides = [*OVERRIDES, "finetune.checkpoint_every=10000"]  # no scheduled checkpoint before the end
+    # no scheduled checkpoint before the end; long enough that the signal lands mid-run on a loaded machine too
+    overrides = [*OVERRIDES, "finetune.checkpoint_every=10000", "finetune.total_steps=1500"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     finetune(load_config(overrides=overrides), straight)
     cmd = [sys.executable, "-m", "pipeline.cli", "finetune", "--quiet", "--out", str(stopped),
            *(x for o in overrides for x in ("--set", o))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not (stopped / "train.csv").exists() or len(logged_env_steps(stopped / "train.csv")) < 2:
+    while not (stopped / "train.csv").exists() or len(logged_env_steps(stopped / "train.csv")) < 1:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
@@ -191,11 +192,11 @@ def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_unint
     assert proc.returncode == 128 + signal.SIGTERM, output
     first = torch.load(stopped / "checkpoints" / "last.pt", weights_only=False)
     assert f"after step {first['env_step']}" in " ".join(output.split())
-    assert 200 <= first["env_step"] < 600
+    assert 100 <= first["env_step"] < 1500
     finetune(load_config(overrides=overrides), stopped)
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(stopped / "checkpoints" / "last.pt", weights_only=False)
-    assert a["env_step"] == b["env_step"] == 600
+    assert a["env_step"] == b["env_step"] == 1500
     assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == []
     for k in a["buffer"]["data"]:
         assert torch.equal(a["buffer"]["data"][k], b["buffer"]["data"][k]), k
