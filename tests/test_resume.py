@@ -93,3 +93,16 @@ def test_killed_robosuite_run_resumes_bit_identically(start: str, mode: str, cop
                                                       tmp_path: Path) -> None:
     agent = None if start == "scratch" else pretrained[chunk]
     assert_resumes_bit_identically(tmp_path, _overrides(lift_data, start, mode, copies, chunk), agent)
+
+
+@pytest.mark.parametrize("mode", ["async", pytest.param("sync", marks=pytest.mark.slow)])
+def test_killed_mujoco_run_on_copies_resumes_bit_identically(mode: str, tmp_path: Path) -> None:
+    """Gymnasium MuJoCo from scratch on two env copies: random Hopper episodes end on true terminals at varied
+    lengths, so the checkpoint finds the copies at different points of their episodes."""
+    overrides = ["trainer.progress=false", "policy.kind=flow_g", "policy.hidden=32", "critic.hidden=32",
+                 "sac.batch_size=32", "finetune.env_id=Hopper-v5", "finetune.env_options={}",
+                 "finetune.from_pretrained=false", "finetune.num_envs=2", f"finetune.vectorization_mode={mode}",
+                 "finetune.total_steps=600", "finetune.checkpoint_every=250", "finetune.random_steps=100",
+                 "finetune.learning_starts=100", "finetune.buffer_size=1000", "finetune.eval_every=300",
+                 "finetune.eval_episodes=1", "finetune.log_every=100"]
+    assert_resumes_bit_identically(tmp_path, overrides, None)
