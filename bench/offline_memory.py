@@ -4,10 +4,11 @@
 
 Writes a D4RL-format file of random Hopper-v5-shaped transitions (obs 11, act 3), then, for each buffer mode, runs
 ``finetune`` from scratch on Hopper-v5 for a few env steps with that file as ``finetune.dataset``, each in a fresh
-process, and prints the process's resident memory while the loop runs against the bytes one copy of the transitions needs
-(``N x (2 obs + act + reward + terminal) x 4``). The baseline (Python, torch, imports, env) is the same run with a
-1000-transition file. The figure is the resident memory while the online loop runs (after loading). Run it from a
-checkout of any revision: it finds that revision's ``finetune``.
+process, and prints two figures against the bytes one copy of the transitions needs
+(``N x (2 obs + act + reward + terminal) x 4``): the tensors alive while the online loop runs (what the process
+holds), and its resident memory then, over the same run with a 1000-transition file (the resident figure also holds
+what the allocator kept of the loader's freed temporaries). Run it from a checkout of any revision: it finds that
+revision's ``finetune``.
 """
 
 from __future__ import annotations
@@ -20,16 +21,21 @@ import tempfile
 from pathlib import Path
 
 CHILD = """
-import sys
+import gc, sys
+import torch
 from pipeline.online import OnlineRunner
 
-rss = []
+rss, live = [], []
 step = OnlineRunner.step
 
-def measured_step(self):  # resident memory while the loop runs: the data as training holds it
+def measured_step(self):  # while the loop runs: the data as training holds it
     step(self)
     with open("/proc/self/status") as f:
         rss.append(next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024)
+    if len(live) == 0:  # the tensors alive (1 MiB and more): what the process holds on purpose
+        gc.collect()
+        live.append(sum(t.numel() * t.element_size() for t in gc.get_objects()
+                        if isinstance(t, torch.Tensor) and t.numel() * t.element_size() >= 2**20) / 2**20)
 
 OnlineRunner.step = measured_step
 try:
@@ -43,15 +49,17 @@ finetune(load_config(None, ["trainer.progress=false", "finetune.env_id=Hopper-v5
                             f"finetune.buffer_mode={mode}", f"finetune.total_steps={steps}", "finetune.random_steps=0",
                             f"finetune.learning_starts={steps}", "finetune.eval_episodes=0", "finetune.buffer_size=1000",
                             "sac.batch_size=256"]), out)
-print(max(rss))
+print(max(rss), live[0])
 """
 
 
-def loop_mib(source: Path, mode: str, steps: int) -> float:
+def loop_mib(source: Path, mode: str, steps: int) -> tuple[float, float]:
+    """(resident MiB, MiB of live tensors of 1 MiB and more) while the online loop runs."""
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.run([sys.executable, "-c", CHILD, str(source), mode, str(steps), out], capture_output=True,
                               text=True, check=True)
-    return float(proc.stdout.strip().splitlines()[-1])
+    rss, live = proc.stdout.strip().splitlines()[-1].split()
+    return float(rss), float(live)
 
 
 def main() -> None:
@@ -69,9 +77,9 @@ def main() -> None:
         copy = args.transitions * (2 * 11 + 3 + 2) * 4 / 2**20
         print(f"{args.transitions:,} transitions: one copy of their tensors is {copy:.0f} MiB")
         for mode in ("seeded", "mixed"):
-            base, used = loop_mib(small, mode, args.steps), loop_mib(large, mode, args.steps)
-            print(f"{mode}: RSS in the loop {used:.0f} MiB, baseline {base:.0f} MiB: +{used - base:.0f} MiB = "
-                  f"{(used - base) / copy:.2f} copies")
+            (base, _), (used, live) = loop_mib(small, mode, args.steps), loop_mib(large, mode, args.steps)
+            print(f"{mode}: live tensors {live:.0f} MiB = {live / copy:.2f} copies; resident {used:.0f} MiB, "
+                  f"{used - base:+.0f} MiB over the 1000-transition run = {(used - base) / copy:.2f} copies")
 
 
 if __name__ == "__main__":
