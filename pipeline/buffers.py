@@ -105,7 +105,7 @@ class OfflineOnlineSampler:
     def __init__(self, online: ReplayBuffer, offline: ReplayBuffer | None = None, mode: str = "seeded",
                  offline_ratio: float = 0.5) -> None:
         if mode not in ("seeded", "mixed"):
-            raise ValueError(f"config key 'finetune.buffer_mode' = {mode!r}: expected 'seeded' or 'mixed'")
+            raise ValueError(f"buffer mode {mode!r}: expected 'seeded' or 'mixed'")
         self.online, self.offline, self.mode, self.offline_ratio = online, offline, mode, offline_ratio
         self.offline_size = len(offline) if offline is not None else 0
         self.seeded = False
@@ -116,7 +116,7 @@ class OfflineOnlineSampler:
             if self.online.capacity - self.online.size < self.offline_size:
                 raise ValueError(
                     f"seeded buffer mode: the online buffer (capacity {self.online.capacity}) cannot hold the "
-                    f"{self.offline_size} offline transitions; raise finetune.buffer_size")
+                    f"{self.offline_size} offline transitions")
             self.online.add(*(self.offline.data[k][: self.offline_size] for k in _FIELDS))
             self.mark_seeded()
 

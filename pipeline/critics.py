@@ -109,4 +109,4 @@ def make_critic(kind: str, obs_dim: int, act_dim: int, n: int = 2, hidden: int =
         return QEnsemble(obs_dim, act_dim, n=n, hidden=hidden, layers=layers, layer_norm=layer_norm)
     if kind == "crossq":
         return CrossQCritic(obs_dim, act_dim, n=n, hidden=hidden, layers=layers)
-    raise ValueError(f"config key 'critic.kind' = {kind!r} is not allowed: expected 'ensemble' or 'crossq'")
+    raise ValueError(f"critic kind {kind!r}: expected 'ensemble' or 'crossq'")

@@ -161,14 +161,14 @@ def test_offline_data_are_held_once() -> None:
     assert mixed.offline is offline and len(mixed.online) == 0
 
 
-def test_seeded_capacity_error_names_the_config_key() -> None:
+def test_seeded_capacity_error_names_both_sizes() -> None:
     sampler = OfflineOnlineSampler(ReplayBuffer(30, OBS, ACT), offline_buffer(40), "seeded")
-    with pytest.raises(ValueError, match=r"cannot hold the 40 offline transitions.*finetune\.buffer_size"):
+    with pytest.raises(ValueError, match=r"capacity 30\) cannot hold the 40 offline transitions"):
         sampler.seed_offline()
 
 
 def test_bad_mode_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"finetune\.buffer_mode.*'fifo'"):
+    with pytest.raises(ValueError, match=r"buffer mode 'fifo': expected 'seeded' or 'mixed'"):
         OfflineOnlineSampler(ReplayBuffer(4, OBS, ACT), None, "fifo")
 
 
