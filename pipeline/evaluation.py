@@ -29,7 +29,8 @@ def evaluate(agent: SACAgent, env: gym.Env | gym.vector.VectorEnv, episodes: int
     stochastic ones do (the acting noise is drawn per batched policy call).
 
     Returns ``return_mean``/``return_std`` (raw env reward), ``length_mean``, ``success_rate`` (when the env
-    reports ``info["success"]``), ``episodes`` and ``mode`` (``deterministic``: every flow noise epsilon = 0;
+    reports ``info["success"]``) and ``success_length_mean`` (the mean length of the successful episodes, when there
+    are any), ``episodes`` and ``mode`` (``deterministic``: every flow noise epsilon = 0;
     ``stochastic``: sampled with the acting noise).
     """
     envs = as_vector_env(env)
@@ -81,4 +82,6 @@ def evaluate(agent: SACAgent, env: gym.Env | gym.vector.VectorEnv, episodes: int
     }
     if reports_success:
         out["success_rate"] = float(np.mean(successes))
+        if successes.any():  # how fast the task gets done, where it does
+            out["success_length_mean"] = float(np.mean(lengths[successes.astype(bool)]))
     return out

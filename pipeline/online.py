@@ -41,7 +41,8 @@ TRAIN_COLUMNS = [
     "log_sigma", "actor_loss", "critic_loss", "q_mean", "actor_q", "bc_mse", "actor_grad_norm", "critic_grad_norm",
     "updates_per_s", "env_steps_per_s", "skipped_updates", "env_errors", *(f"{phase}_share" for phase in PHASES),
 ]
-EVAL_COLUMNS = ["env_step", "mode", "return_mean", "return_std", "success_rate", "length_mean", "episodes"]
+EVAL_COLUMNS = ["env_step", "mode", "return_mean", "return_std", "success_rate", "length_mean",
+                "success_length_mean", "episodes"]
 
 
 def env_rng_states(env: gym.vector.VectorEnv) -> list[Any]:

@@ -137,6 +137,23 @@ def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) ->
     return made
 
 
+def before_after(results: dict[str, Any]) -> str | None:
+    """The gain fine-tuning made, in one line: the pretrained and the fine-tuned agent's deterministic success rate
+    (else return) and steps to success, from the evaluate stage's metrics; None without both agents."""
+    try:
+        pre, fin = results["pretrained"]["deterministic"], results["finetuned"]["deterministic"]
+    except KeyError:
+        return None
+    if "success_rate" not in pre:
+        return f"pretrained -> fine-tuned: return {pre['return_mean']:.1f} -> {fin['return_mean']:.1f}"
+    line = (f"pretrained -> fine-tuned: success {pre['success_rate']:.0%} -> {fin['success_rate']:.0%} "
+            f"({fin['episodes']} episodes, deterministic)")
+    steps = [r.get("success_length_mean") for r in (pre, fin)]
+    if None not in steps:
+        line += f"; steps to success {steps[0]:.0f} -> {steps[1]:.0f}"
+    return line
+
+
 def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_dir: str | Path | None,
                  out_dir: str | Path, title: str = "sacflow report") -> dict[str, Any]:
     """Write ``report.md`` (+ PNGs) in ``out_dir``, print the results table, return the table's rows."""
@@ -156,7 +173,9 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
     def fmt(v: Any) -> str:
         return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    headline = before_after(results)
+    lines = [f"# {title}", "", *([f"**{headline}**", ""] if headline else []),
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     ft_metrics = Path(finetune_dir) / "metrics.json"
     if ft_metrics.exists():
@@ -175,4 +194,6 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in cols))
     results_console.print(table)
-    return {"rows": rows, "figures": [str(p) for p in figures]}
+    if headline:
+        results_console.print(f"[bold]{headline}[/bold]")
+    return {"rows": rows, "figures": [str(p) for p in figures], "headline": headline}

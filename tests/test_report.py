@@ -18,9 +18,9 @@ def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
     ev, ft = tmp_path / "evaluate", tmp_path / "finetune"
     write_json(ev / "metrics.json", {
         "pretrained": {"deterministic": {"mode": "deterministic", "episodes": 4, "return_mean": 0.5,
-                                         "return_std": 0.5, "success_rate": 0.5}},
+                                         "return_std": 0.5, "success_rate": 0.5, "success_length_mean": 120.0}},
         "finetuned": {"deterministic": {"mode": "deterministic", "episodes": 4, "return_mean": 1.0,
-                                        "return_std": 0.0, "success_rate": 1.0}},
+                                        "return_std": 0.0, "success_rate": 1.0, "success_length_mean": 44.5}},
     })
     train = CSVLog(ft / "train.csv", TRAIN_COLUMNS, "env_step")
     evals = CSVLog(ft / "eval.csv", EVAL_COLUMNS, "env_step")
@@ -31,6 +31,9 @@ def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
     md = (tmp_path / "report/report.md").read_text()
     assert "| finetuned | deterministic | 4 | 1.000 |" in md
     assert "| pretrained | deterministic | 4 | 0.500 |" in md
+    # the gain, first thing in the report and the last line printed
+    headline = "pretrained -> fine-tuned: success 50% -> 100% (4 episodes, deterministic); steps to success 120 -> 44"
+    assert md.splitlines()[2] == f"**{headline}**" and result["headline"] == headline
     names = {Path(p).name for p in result["figures"]}
     assert names == {"eval_success_rate.png", "training.png"}
     for name in names:

@@ -13,10 +13,10 @@ from pipeline.workflow import Input, Stage
 
 def report(cfg: Config, out_dir: str | Path, evaluate_dir: str | Path, finetune_dir: str | Path,
            pretrain_dir: str | Path | None) -> dict[str, Any]:
-    """``report.md`` and its figures in ``out_dir`` from the evaluate, finetune and pretrain stages' folders; the
-    table is printed, so the command shows no metrics table after it."""
+    """``report.md`` and its figures in ``out_dir`` from the evaluate, finetune and pretrain stages' folders. The
+    results table and the before -> after line are the last things printed (no metrics table after them)."""
+    console.print(f"writing the report to {Path(out_dir) / 'report.md'}")
     build_report(evaluate_dir, finetune_dir, pretrain_dir, out_dir, title=f"sacflow: {cfg.name}")
-    console.print(f"report written to {Path(out_dir) / 'report.md'}")
     return {}
 
 
