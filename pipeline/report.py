@@ -154,6 +154,18 @@ def before_after(results: dict[str, Any]) -> str | None:
     return line
 
 
+def eval_curve(eval_rows: list[dict[str, str]]) -> str | None:
+    """Fine-tuning's own deterministic evaluations in one line (success rate, else return, at each env step);
+    None when fine-tuning logged none."""
+    key = eval_metric(eval_rows)
+    xs, ys = csv_series(eval_rows, "env_step", key, mode="deterministic")
+    if not xs:
+        return None
+    fmt = "{:.0%}" if key == "success_rate" else "{:.1f}"
+    points = ", ".join(f"{fmt.format(y)} @ {x:.0f}" for x, y in zip(xs, ys))
+    return f"evaluations during fine-tuning ({key.replace('_', ' ')} @ env step): {points}"
+
+
 def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_dir: str | Path | None,
                  out_dir: str | Path, title: str = "sacflow report") -> dict[str, Any]:
     """Write ``report.md`` (+ PNGs) in ``out_dir``, print the results table, return the table's rows."""
@@ -174,7 +186,8 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
         return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
     headline = before_after(results)
-    lines = [f"# {title}", "", *([f"**{headline}**", ""] if headline else []),
+    curve = eval_curve(read_csv_rows(Path(finetune_dir) / "eval.csv"))
+    lines = [f"# {title}", "", *([f"**{headline}**", ""] if headline else []), *([curve, ""] if curve else []),
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     ft_metrics = Path(finetune_dir) / "metrics.json"
@@ -194,6 +207,8 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in cols))
     results_console.print(table)
+    if curve:
+        results_console.print(curve)
     if headline:
         results_console.print(f"[bold]{headline}[/bold]")
-    return {"rows": rows, "figures": [str(p) for p in figures], "headline": headline}
+    return {"rows": rows, "figures": [str(p) for p in figures], "headline": headline, "curve": curve}

@@ -34,6 +34,9 @@ def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
     # the gain, first thing in the report and the last line printed
     headline = "pretrained -> fine-tuned: success 50% -> 100% (4 episodes, deterministic); steps to success 120 -> 44"
     assert md.splitlines()[2] == f"**{headline}**" and result["headline"] == headline
+    # then fine-tuning's learning curve of evaluations
+    curve = "evaluations during fine-tuning (success rate @ env step): 33% @ 100, 67% @ 200, 100% @ 300"
+    assert md.splitlines()[4] == curve and result["curve"] == curve
     names = {Path(p).name for p in result["figures"]}
     assert names == {"eval_success_rate.png", "training.png"}
     for name in names:
