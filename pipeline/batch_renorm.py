@@ -43,6 +43,9 @@ class BatchRenorm(nn.Module):
         return scale, self.bias - self.running_mean * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # statistics in fp32 under bf16 autocast too: a batch mean and variance rounded to 8 mantissa bits would
+        # drift the running statistics
+        x = x.float()
         # y = (x - mean) / std * r + d, then * weight + bias, folded into one per-feature scale and shift so the
         # [n, B, h] activations see one fused multiply-add instead of four elementwise passes (forward and backward)
         if not self.training:
@@ -118,7 +121,7 @@ class PerStepActorBatchRenorm(nn.Module):
         shift = torch.stack([shift.reshape(-1) for _, shift in affine])
         k = len(self.layers)
         index = (t.reshape(-1) * k).floor().clamp(0, k - 1).long()
-        return torch.addcmul(shift[index], x, scale[index])
+        return torch.addcmul(shift[index], x.float(), scale[index])
 
 
 @contextmanager

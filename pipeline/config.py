@@ -26,6 +26,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 PolicyKind = Literal[POLICY_KINDS]
 DatasetFormat = Literal[FORMAT_NAMES]
+Precision = Literal["32-true", "bf16-mixed"]  # trainer.precision, Lightning's names (pipeline.precision)
 VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
@@ -139,8 +140,9 @@ class SACConfig:
     chunk: int = 1
     # auto | eager | compile (torch.compile of the critic and actor steps) | cuda_graphs (each step replayed as
     # one CUDA graph; CUDA only). The last two decide on skipping a non-finite step on the device, without host
-    # syncs. auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md),
-    # eager elsewhere and in data-parallel runs
+    # syncs.
+    # auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md), eager elsewhere,
+    # in data-parallel runs and under trainer.precision = bf16-mixed
     update_mode: Literal["auto", "eager", "compile", "cuda_graphs"] = "auto"
 
 
@@ -154,6 +156,10 @@ class TrainerConfig:
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when devices x num_nodes > 1, else one process
     num_nodes: int = 1  # machines (Slurm: $SLURM_NNODES); every node runs `devices` processes
     progress: bool = True  # rich progress bars (off in CI logs)
+    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and acting (weights, optimizer state,
+    # BatchRenorm statistics, log-probabilities, losses and output heads stay fp32). Needs a CPU with AVX-512 BF16
+    # or AMX, or a GPU with bf16; not with sac.update_mode = cuda_graphs (untested)
+    precision: Precision = "32-true"
 
 
 @dataclass
@@ -318,6 +324,11 @@ def validate(cfg: Config) -> None:
             f"all-reduces gradients across the {cfg.trainer.devices * cfg.trainer.num_nodes} DDP process(es) of "
             f"'trainer.devices' x 'trainer.num_nodes' (trainer.strategy = {cfg.trainer.strategy!r}): use 'eager' "
             "(or 'auto') with data-parallel training"
+        )
+    if cfg.sac.update_mode == "cuda_graphs" and cfg.trainer.precision != "32-true":
+        raise ConfigError(
+            f"config key 'sac.update_mode' = 'cuda_graphs' with 'trainer.precision' = {cfg.trainer.precision!r} "
+            "has not been tested (autocast inside a graph capture): use 'eager' or 'compile', or 32-true"
         )
     if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
         raise ConfigError(

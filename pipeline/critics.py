@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.batch_renorm import BatchRenorm
+from pipeline.precision import full_precision
 
 
 class VectorizedLinear(nn.Module):
@@ -29,6 +30,14 @@ class VectorizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
+
+
+class OutputVectorizedLinear(VectorizedLinear):
+    """The Q head: computes in fp32 under autocast too (bf16 would round Q = 100 to +-0.5, :mod:`pipeline.precision`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with full_precision(x.device.type):
+            return torch.baddbmm(self.bias, x.float(), self.weight)
 
 
 class VectorizedLayerNorm(nn.Module):
@@ -61,7 +70,7 @@ class QEnsemble(nn.Module):
                 mods.append(VectorizedLayerNorm(n, hidden))
             mods.append(nn.ReLU())
             width = hidden
-        mods.append(VectorizedLinear(n, width, 1))
+        mods.append(OutputVectorizedLinear(n, width, 1))
         self.net = nn.Sequential(*mods)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -89,7 +98,7 @@ class CrossQCritic(nn.Module):
         for _ in range(layers):
             mods += [VectorizedLinear(n, width, hidden), BatchRenorm(n, hidden, warmup=warmup), nn.ReLU()]
             width = hidden
-        mods.append(VectorizedLinear(n, width, 1))
+        mods.append(OutputVectorizedLinear(n, width, 1))
         self.net = nn.Sequential(*mods)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, CriticConfig, PolicyConfig, SACConfig
 from pipeline.critics import CrossQCritic, make_critic
 from pipeline.policies import make_policy
+from pipeline.precision import autocast, check_precision
 
 # |a| past this counts as saturated in the ``action_saturation`` diagnostic: tanh' < 0.02 there, so neither Q nor
 # the entropy term can move such an action back (a flow whose sigma sits at its bound shows up here first)
@@ -51,14 +52,16 @@ class SACAgent(nn.Module):
     """Actor, critic (with a target copy unless CrossQ), temperature and the observation normalizer.
 
     Observations are normalized inside the agent (``obs_mean``/``obs_std`` buffers travel with checkpoints), so
-    callers always pass raw environment observations.
+    callers always pass raw environment observations. ``precision`` (``trainer.precision``) is how its forward
+    passes execute when acting and in updates (:mod:`pipeline.precision`); it is not part of its state.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, policy: PolicyConfig, critic: CriticConfig,
-                 sac: SACConfig) -> None:
+                 sac: SACConfig, precision: str = "32-true") -> None:
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.cfg = sac
+        self.precision = precision
         self.actor = make_policy(policy.kind, obs_dim, act_dim, **policy.policy_kwargs())
         self.critic = make_critic(critic.kind, obs_dim, act_dim, n=critic.n_critics, hidden=critic.hidden,
                                   layers=critic.layers, layer_norm=critic.layer_norm)
@@ -87,9 +90,10 @@ class SACAgent(nn.Module):
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Actions ``[B, A]`` in [-1, 1] for raw observations ``[B, S]``; deterministic sets every epsilon to 0."""
         obs = self.normalize(obs)
-        if deterministic:
-            return self.actor.act(obs, deterministic=True)
-        return self.actor.sample(obs, noise_std=self.act_noise_std)[0]
+        with autocast(self.precision, obs.device):
+            if deterministic:
+                return self.actor.act(obs, deterministic=True)
+            return self.actor.sample(obs, noise_std=self.act_noise_std)[0]
 
     def q_agg(self, q: torch.Tensor) -> torch.Tensor:
         """Reduce ``q [n, B]`` over the ensemble: the minimum (SAC) or the mean (the public O2O code's option)."""
@@ -100,7 +104,9 @@ def agent_from_state(state: dict[str, Any], cfg: Config, obs_dim: int, act_dim: 
                      device: torch.device | str = "cpu") -> SACAgent:
     """The agent of a stage's checkpoint ``state`` (its ``agent`` entry), built from ``cfg`` for an env with
     ``obs [S = obs_dim]`` and ``action [A = act_dim]``: the agent decides ``sac.chunk`` actions at once."""
-    agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac).to(device)
+    check_precision(cfg.trainer.precision, torch.device(device))
+    agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision)
+    agent = agent.to(device)
     agent.load_state_dict(state["agent"])
     return agent
 

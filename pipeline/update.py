@@ -6,12 +6,14 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from pipeline.precision import autocast
 from pipeline.sac import Batch, SACAgent, actor_loss, alpha_loss, critic_loss
 
 
@@ -22,10 +24,11 @@ class Optimizers:
     alpha: torch.optim.Optimizer | None
 
 
-def resolve_update_mode(mode: str, device: torch.device) -> str:
-    """The ``sac.update_mode`` an agent on ``device`` runs: ``auto`` is ``cuda_graphs`` on CUDA, else ``eager``."""
+def resolve_update_mode(mode: str, device: torch.device, precision: str = "32-true") -> str:
+    """The ``sac.update_mode`` an agent on ``device`` runs: ``auto`` is ``cuda_graphs`` on CUDA in fp32, else
+    ``eager`` (graphs have not been tested under bf16 autocast)."""
     if mode == "auto":
-        return "cuda_graphs" if device.type == "cuda" else "eager"
+        return "cuda_graphs" if device.type == "cuda" and precision == "32-true" else "eager"
     return mode
 
 
@@ -36,7 +39,8 @@ def make_optimizers(agent: SACAgent) -> Optimizers:
     kw: dict[str, object] = {"betas": (cfg.adam_beta1, 0.999)}
     device = next(agent.parameters()).device
     if device.type == "cuda":
-        kw |= {"fused": True, "capturable": resolve_update_mode(cfg.update_mode, device) == "cuda_graphs"}
+        mode = resolve_update_mode(cfg.update_mode, device, agent.precision)
+        kw |= {"fused": True, "capturable": mode == "cuda_graphs"}
     return Optimizers(
         actor=torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, **kw),
         critic=torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, **kw),
@@ -82,7 +86,7 @@ class SACUpdater:
                  backward: Callable[[torch.Tensor], None] | None = None, check_finite: bool = True) -> None:
         self.agent, self.opt = agent, optimizers
         device = agent.log_alpha.device
-        self.mode = resolve_update_mode(agent.cfg.update_mode, device)
+        self.mode = resolve_update_mode(agent.cfg.update_mode, device, agent.precision)
         if self.mode == "cuda_graphs" and device.type != "cuda":
             raise ValueError(f"config key 'sac.update_mode' = 'cuda_graphs' needs the agent on a CUDA device, "
                              f"got {device}")
@@ -179,8 +183,13 @@ class SACUpdater:
         return ok
 
     # ------------------------------------------------------------------ the two halves of an update
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The forward passes in the agent's precision; backward passes run outside it, as autocast asks."""
+        return autocast(self.agent.precision, self.agent.log_alpha.device)
+
     def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        loss_q, info = critic_loss(self.agent, batch)
+        with self._autocast():
+            loss_q, info = critic_loss(self.agent, batch)
         info["critic_grad_norm"], _ = self._step(loss_q, self.opt.critic, self.critic_params, "critic")
         if self.target_params:
             with torch.no_grad():
@@ -190,7 +199,8 @@ class SACUpdater:
     def _actor_step(self, batch: Batch, bc_weight: float, q_weight: float,
                     flow_weight: float) -> dict[str, torch.Tensor]:
         agent = self.agent
-        loss_pi, info = actor_loss(agent, batch, bc_weight, q_weight, flow_weight)
+        with self._autocast():
+            loss_pi, info = actor_loss(agent, batch, bc_weight, q_weight, flow_weight)
         info["actor_grad_norm"], ok = self._step(loss_pi, self.opt.actor, self.actor_params, "actor")
         if ok is not False and self.opt.alpha is not None and "log_prob" in info and q_weight > 0:
             # alpha's loss reuses the actor sample's (detached) log-probabilities: no second rollout

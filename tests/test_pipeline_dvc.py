@@ -107,6 +107,18 @@ def test_dvc_yaml_lists_the_code_each_stage_imports() -> None:
     assert sync_dvc_yaml(ROOT / "dvc.yaml") == [], "dvc.yaml's code deps are stale: python -m pipeline.codedeps --write"
 
 
+def test_dvc_yaml_params_are_the_config_sections_each_stage_reads() -> None:
+    from pipeline.workflow import stages
+
+    dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for st in stages():
+        expected = ["preset", "seed", *st.sections] if st.sections else []
+        assert dvc_stages[st.name].get("params", []) == expected, st.name
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    missing = {s.split(".")[0] for st in stages() for s in st.sections} - set(params)
+    assert not missing, f"params.yaml has no section for {missing}"
+
+
 def test_every_module_a_stage_ran_is_one_of_its_deps(repo: Path, reproduced: tuple[str, dict[str, set[str]]]) -> None:
     _, imported = reproduced
     deps = _deps(repo)

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pipeline.precision import FP32Linear
 from pipeline.batch_renorm import ActorBatchRenorm
 from pipeline.policies.flow import atanh_target, tanh_log_det_jacobian
 from pipeline.policies.kinds import GAUSSIAN_BATCH_RENORM_MODES, TANH_JACOBIAN_MODES
@@ -53,8 +54,8 @@ class GaussianPolicy(nn.Module):
         self.obs_norm = ActorBatchRenorm(obs_dim) if batch_renorm != "none" else nn.Identity()
         self.trunk = mlp(obs_dim, hidden, layers - 1, hidden, nn.ReLU, norm=ActorBatchRenorm if crossq else None)
         self.trunk_norm = ActorBatchRenorm(hidden) if crossq else nn.Identity()
-        self.mean_head = nn.Linear(hidden, act_dim)
-        self.log_std_head = nn.Linear(hidden, act_dim)
+        self.mean_head = FP32Linear(hidden, act_dim)
+        self.log_std_head = FP32Linear(hidden, act_dim)
 
     def _check_obs(self, obs: Tensor) -> None:
         if obs.dim() != 2 or obs.shape[-1] != self.obs_dim:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from pipeline.precision import FP32Linear
 from pipeline.batch_renorm import ActorBatchRenorm, PerStepActorBatchRenorm
 
 # Range of the learned log noise scale; the public from-scratch code uses the same bounds.
@@ -39,9 +40,9 @@ def squash_log_sigma(raw: Tensor) -> Tensor:
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: type[nn.Module],
-        norm: Callable[[int], nn.Module] | None = None) -> nn.Sequential:
+        norm: Callable[[int], nn.Module] | None = None, head: type[nn.Linear] = nn.Linear) -> nn.Sequential:
     """``layers`` hidden layers of width ``hidden`` with ``activation`` (each followed by ``norm(hidden)`` when
-    given), then a linear output layer. Maps ``[..., in_dim] -> [..., out_dim]``.
+    given), then a linear output layer of class ``head``. Maps ``[..., in_dim] -> [..., out_dim]``.
     """
     modules: list[nn.Module] = []
     width = in_dim
@@ -50,7 +51,7 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, activation: type[nn
         if norm is not None:
             modules.append(norm(hidden))
         width = hidden
-    modules.append(nn.Linear(width, out_dim))
+    modules.append(head(width, out_dim))
     return nn.Sequential(*modules)
 
 
@@ -91,8 +92,8 @@ class FlowMLPVelocity(nn.Module):
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         self.trunk = mlp(obs_dim + act_dim + 1, hidden, layers - 1, hidden, nn.ReLU)
-        self.v_head = nn.Linear(hidden, act_dim)
-        self.log_sigma_head = nn.Linear(hidden, act_dim) if learned_noise else None
+        self.v_head = FP32Linear(hidden, act_dim)
+        self.log_sigma_head = FP32Linear(hidden, act_dim) if learned_noise else None
 
     def encode(self, obs: Tensor) -> Tensor:
         """The context is the raw observation ``[B,S]``."""
@@ -129,9 +130,9 @@ class FlowGVelocity(nn.Module):
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         in_dim = obs_dim + act_dim + 1
-        self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
-        self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU)
-        self.log_sigma_net = mlp(in_dim, hidden, layers, act_dim, nn.SiLU) if learned_noise else None
+        self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear)
+        self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear)
+        self.log_sigma_net = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear) if learned_noise else None
         last = self.gate[-1]
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
@@ -267,8 +268,8 @@ class FlowTVelocity(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, norm, batch_renorm) for _ in range(n_layers))
         final_norm = ActorBatchRenorm if batch_renorm else nn.LayerNorm
         self.final_norm = final_norm(d_model) if norm == "pre" else nn.Identity()
-        self.v_head = nn.Linear(d_model, act_dim)
-        self.log_sigma_head = nn.Linear(d_model, act_dim) if learned_noise else None
+        self.v_head = FP32Linear(d_model, act_dim)
+        self.log_sigma_head = FP32Linear(d_model, act_dim) if learned_noise else None
 
     def encode(self, obs: Tensor) -> Tensor:
         """State context for a rollout: per-layer cross-attention outputs ``[n_layers, B, d_model]``."""

@@ -27,6 +27,7 @@ from pipeline.config import Config, ConfigError, DatasetConfig, SACConfig, save_
 from pipeline.data import TransitionDataset, load_dataset
 from pipeline.data.chunking import chunk_transitions
 from pipeline.envs import make_vector_env
+from pipeline.precision import check_precision
 from pipeline.runtime import resolve_device, seed_everything, set_threads
 from pipeline.sac import training_reward
 
@@ -137,6 +138,7 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         logging.getLogger(name).setLevel(logging.WARNING)
     t = cfg.trainer
     device = resolve_device(cfg.device)
+    check_precision(t.precision, device)
     accelerator = t.accelerator if t.accelerator != "auto" else ("gpu" if device.type == "cuda" else "cpu")
     strategy: str | DDPStrategy = t.strategy
     if t.strategy == "ddp" or t.devices * t.num_nodes > 1:
@@ -147,7 +149,7 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes, max_epochs=1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=False, callbacks=callbacks,
+        num_sanity_val_steps=0, deterministic=False, callbacks=callbacks, precision=t.precision,
     )
 
 

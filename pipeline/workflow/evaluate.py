@@ -50,7 +50,7 @@ def evaluate_checkpoints(cfg: Config, out_dir: str | Path, checkpoints: dict[str
 
 STAGE = Stage(
     name="evaluate", help="evaluate trained agents on fixed seeds",
-    sections=("evaluate", "finetune", "pretrain", "policy", "critic", "sac"), run=evaluate_checkpoints,
+    sections=("evaluate", "finetune", "pretrain", "policy", "critic", "sac", "trainer"), run=evaluate_checkpoints,
     inputs=(Input("checkpoints", "--run", "a run to evaluate (repeatable)",
                   dvc=("pretrained=runs/pretrain", "finetuned=runs/finetune"), pairs=True),),
     show_config=False,

@@ -92,7 +92,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
 
 STAGE = Stage(
     name="finetune", help="online SAC fine-tuning (or training from scratch)",
-    sections=("finetune", "pretrain.dataset", "policy", "critic", "sac"), run=finetune,
+    sections=("finetune", "pretrain.dataset", "policy", "critic", "sac", "trainer"), run=finetune,
     inputs=(Input("pretrained", "--pretrained", "pretrain run directory (or checkpoint file) to start from",
                   dvc=("runs/pretrain",)),),
 )

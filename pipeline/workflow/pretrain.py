@@ -63,6 +63,6 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
 
 STAGE = Stage(
     name="pretrain", help="offline pretraining: flow-matching BC + SAC critic + regularized actor",
-    sections=("pretrain", "policy", "critic", "sac"), run=pretrain,
+    sections=("pretrain", "policy", "critic", "sac", "trainer"), run=pretrain,
     in_run=lambda cfg: cfg.finetune.from_pretrained, data_parallel=True,
 )

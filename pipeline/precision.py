@@ -1,0 +1,76 @@
+"""Numeric precision of training and acting (``trainer.precision``, Lightning's names): how the maths executes, not
+what it computes.
+
+``bf16-mixed`` runs matrix products under ``torch.autocast(dtype=bfloat16)``; weights, optimizer state,
+BatchRenorm statistics, log-probabilities and every loss stay fp32. The layers whose outputs *are* the numbers SAC
+compares (Q-values, velocities, log-σ) compute in fp32 (:class:`FP32Linear`): bf16 keeps 8 bits of mantissa, so a
+Q-value of 100 would be rounded to ±0.5, larger than most TD errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import Precision
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); without it oneDNN emulates bf16, slower than
+    fp32. Off Linux (no /proc/cpuinfo) oneDNN's own check decides."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot run fast: bf16 on a CPU without AVX-512 BF16 / AMX, or on a GPU
+    without bf16 support. Falling back silently would change a run's numerics by machine."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"trainer.precision = {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision != "bf16-mixed":
+        return
+    if device.type == "cpu" and not cpu_has_fast_bf16():
+        raise ValueError("trainer.precision = 'bf16-mixed' needs a CPU with AVX-512 BF16 or AMX (this one has "
+                         "neither: bf16 would be emulated, slower than fp32); set trainer.precision=32-true")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"trainer.precision = 'bf16-mixed': {torch.cuda.get_device_name(device)} has no bf16; "
+                         f"set trainer.precision=32-true")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The context ``precision`` runs the forward passes in on ``device`` (a no-op for ``32-true``)."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def full_precision(device_type: str) -> Iterator[None]:
+    """Leave autocast for a region that must compute in fp32 (a no-op outside autocast)."""
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            yield
+    else:
+        yield
+
+
+class FP32Linear(nn.Linear):
+    """``nn.Linear`` that computes in fp32 under autocast too: the output heads (Q, velocity, log-σ, Gaussian mean
+    and log-std), whose outputs bf16 would round. Same parameters and initialization as ``nn.Linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with full_precision(x.device.type):
+            return F.linear(x.float(), self.weight, self.bias)
