@@ -2,6 +2,7 @@
 
     python bench/update_throughput.py [--steps 1 4 10] [--batch 256 1024] [--threads 1 2]
                                       [--modes eager eager_noguard compile cuda_graphs]
+                                      [--precisions 32-true bf16-mixed] [--preset hopper_scratch_flow_t_paper]
                                       [--device cpu|cuda] [--repeats 30] [--hidden 256] [--set KEY=VALUE ...]
 
 Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak; with
@@ -9,7 +10,9 @@ Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + ac
 headline is the ratio flow_x / gaussian at the same K, batch and threads; absolute numbers are only comparable
 within one run on one machine. Modes are ``sac.update_mode`` values (``eager``, ``compile``, ``cuda_graphs``; the
 last two guard against non-finite steps on the device) plus ``eager_noguard``: eager without the guard, whose host
-sync per optimizer step is the eager update's only one.
+sync per optimizer step is the eager update's only one. ``--precisions`` are ``trainer.precision`` values; the
+last column is each row's ratio to the first precision's row of the same kind and mode. ``--preset`` takes the
+network sizes and SAC settings from a preset (``--hidden``, and ``--steps`` unless given, are then ignored).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import time
 import torch
 
 from pipeline.config import load_config
+from pipeline.precision import PRECISIONS, check_precision
+from pipeline.runtime import cpu_description
 from pipeline.sac import Batch, SACAgent
 from pipeline.update import SACUpdater, make_optimizers
 
@@ -27,12 +32,14 @@ KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
 
 
-def make_updater(kind: str, steps: int, hidden: int, device: torch.device, mode: str,
-                 overrides: list[str]) -> SACUpdater:
+def make_updater(kind: str, steps: int | None, hidden: int, device: torch.device, mode: str, precision: str,
+                 preset: str | None, overrides: list[str]) -> SACUpdater:
     update_mode = mode.removesuffix("_noguard")
-    cfg = load_config(None, [f"policy.kind={kind}", f"policy.steps={steps}", f"policy.hidden={hidden}",
-                             f"critic.hidden={hidden}", f"sac.update_mode={update_mode}", *overrides])
-    agent = SACAgent(OBS_DIM, ACT_DIM, cfg.policy, cfg.critic, cfg.sac).to(device)
+    sizes = [] if preset else [f"policy.hidden={hidden}", f"critic.hidden={hidden}"]
+    cfg = load_config(preset, [f"policy.kind={kind}", *sizes, *([f"policy.steps={steps}"] if steps else []),
+                               f"sac.update_mode={update_mode}", f"trainer.precision={precision}", *overrides])
+    check_precision(precision, device)
+    agent = SACAgent(OBS_DIM, ACT_DIM, cfg.policy, cfg.critic, cfg.sac, precision).to(device)
     return SACUpdater(agent, make_optimizers(agent), check_finite=not mode.endswith("_noguard"))
 
 
@@ -59,7 +66,7 @@ def updates_per_second(updater: SACUpdater, batch: Batch, repeats: int) -> float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[4])
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="K (default 4, or the preset's)")
     p.add_argument("--batch", type=int, nargs="+", default=[256])
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--kinds", nargs="+", default=list(KINDS))
@@ -67,39 +74,49 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--modes", nargs="+", default=["eager"],
                    choices=["eager", "eager_noguard", "compile", "cuda_graphs"])
+    p.add_argument("--precisions", nargs="+", default=["32-true"], choices=PRECISIONS)
+    p.add_argument("--preset", help="network sizes and SAC settings of this preset (kind still from --kinds)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every row, e.g. critic.kind=crossq (repeatable)")
     args = p.parse_args()
     device = torch.device(args.device)
-    print(f"device={device} hidden={args.hidden} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}"
+    sizes = f"preset={args.preset}" if args.preset else f"hidden={args.hidden}"
+    print(f"device={device} {sizes} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}"
           + "".join(f" {o}" for o in args.set))
-    print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>16} {'upd/s':>8} {'vs gaussian':>11} "
-          f"{'vs ' + args.modes[0]:>8}")
+    print(f"cpu: {cpu_description()}; torch {torch.__version__}"
+          + (f"; gpu: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+    print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>16} {'precision':>10} {'upd/s':>8} "
+          f"{'vs gaussian':>11} {'vs ' + args.modes[0]:>8} {'vs ' + args.precisions[0]:>10}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch_size in args.batch:
             batch = random_batch(batch_size, device)
-            for steps in args.steps:
-                base: dict[str, float] = {}
+            for steps in args.steps or [None]:
+                base: dict[tuple[str, str], float] = {}
                 for kind in args.kinds:
-                    eager = None
+                    first: dict[str, float] = {}  # per precision: the first mode's figure
                     for mode in args.modes:
-                        torch.manual_seed(0)
-                        torch.compiler.reset()
-                        try:
-                            updater = make_updater(kind, steps, args.hidden, device, mode, args.set)
-                            ups = updates_per_second(updater, batch, args.repeats)
-                        except Exception as e:  # one failing mode must not hide the other rows
-                            print(f"{threads:>7} {batch_size:>5} {steps:>3} {kind:>9} {mode:>16} failed: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
-                            continue
-                        eager = eager or ups
-                        if kind == "gaussian":
-                            base[mode] = ups
-                        ratio = ups / base.get(mode, float("nan"))
-                        print(f"{threads:>7} {batch_size:>5} {steps:>3} {kind:>9} {mode:>16} {ups:>8.1f} "
-                              f"{ratio:>11.2f} {ups / eager:>8.2f}", flush=True)
+                        fp: float | None = None  # this mode's figure at the first precision
+                        for prec in args.precisions:
+                            torch.manual_seed(0)
+                            torch.compiler.reset()
+                            head = f"{threads:>7} {batch_size:>5} {steps or '':>3} {kind:>9} {mode:>16} {prec:>10}"
+                            try:
+                                updater = make_updater(kind, steps, args.hidden, device, mode, prec, args.preset,
+                                                       args.set)
+                                ups = updates_per_second(updater, batch, args.repeats)
+                            except Exception as e:  # one failing mode must not hide the other rows
+                                print(f"{head} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                                      flush=True)
+                                continue
+                            first.setdefault(prec, ups)
+                            fp = fp or ups
+                            if kind == "gaussian":
+                                base[(mode, prec)] = ups
+                            ratio = ups / base.get((mode, prec), float("nan"))
+                            print(f"{head} {ups:>8.1f} {ratio:>11.2f} {ups / first[prec]:>8.2f} {ups / fp:>10.2f}",
+                                  flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import platform
 import sys
 from pathlib import Path
@@ -224,6 +223,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     import torch
 
     import pipeline
+    from pipeline.runtime import cpu_description
 
     table = Table(title="sacflow info")
     table.add_column("item")
@@ -233,7 +233,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "lightning": lightning.__version__, "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__,
         "minari": minari.__version__, "cuda available": str(torch.cuda.is_available()),
         "device (auto)": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch threads": str(torch.get_num_threads()), "cpu cores": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()), "cpu": cpu_description(),
     }
     try:
         import robosuite

@@ -491,3 +491,29 @@ def test_per_step_batch_renorm_must_match_the_rollout_length() -> None:
     velocity = FlowTVelocity(OBS, ACT, d_model=16, batch_renorm=True, renorm_steps=4)
     with pytest.raises(ValueError, match="per-step BatchRenorm layers for 4 steps"):
         FlowPolicy(velocity, steps=3)
+
+
+def _official_flow_t_parameters(obs: int, act: int, d: int, layers: int, steps: int) -> tuple[int, int]:
+    """Parameters of the public from-scratch code's CrossQ Flow-T actor (its TransformerFlowActor, layer by layer),
+    and how many of them are the query/key projections of single-token attentions (the softmax over one key is 1,
+    so they never reach the output)."""
+    dense = lambda i, o: i * o + o  # noqa: E731
+    renorm = lambda f: 2 * f  # noqa: E731 - scale and bias
+    attention = 4 * dense(d, d)  # q, k, v, out
+    layer = 2 * attention + 3 * renorm(d) + dense(d, 4 * d) + dense(4 * d, d)
+    total = (renorm(obs) + dense(obs, d // 2) + dense(d // 2, d)  # observation encoder
+             + dense(act, d) + dense(1, d // 4) + dense(d // 4, d // 2) + dense(d // 2, d)  # action, time
+             + steps * renorm(act) + layers * layer + 2 * dense(d, act))  # per-step a_i renorm, decoder, heads
+    return total, layers * 2 * 2 * dense(d, d)
+
+
+@pytest.mark.parametrize("preset,obs,act", [("hopper_scratch_flow_t_paper", 11, 3),
+                                            ("halfcheetah_scratch_flow_t_paper", 17, 6)])
+def test_paper_flow_t_preset_has_the_official_actors_parameters(preset: str, obs: int, act: int) -> None:
+    from pipeline.config import load_config
+
+    cfg = load_config(preset)
+    actor = make_policy(cfg.policy.kind, obs, act, **cfg.policy.policy_kwargs())
+    total, dead = _official_flow_t_parameters(obs, act, cfg.policy.d_model, cfg.policy.n_layers, cfg.policy.steps)
+    assert sum(p.numel() for p in actor.parameters()) == total - dead
+    assert (cfg.policy.d_model, cfg.policy.n_heads, cfg.critic.hidden, cfg.sac.batch_size) == (96, 4, 1024, 512)
