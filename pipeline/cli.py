@@ -1,5 +1,4 @@
-"""``sacflow``: one subcommand per pipeline stage, plus ``table`` and ``slurm`` (benchmark tables), ``presets``
-and ``info``.
+"""sacflow: one subcommand per pipeline stage, plus table and slurm (benchmark tables), presets and info.
 
 Every stage subcommand takes ``--preset NAME`` (a file in ``configs/``), repeated ``--set dotted.key=value`` and
 ``--out DIR``; ``--params params.yaml`` reads the config the way the DVC stages do. Running a stage again on the
@@ -16,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
 from pipeline.config import ConfigError, list_presets, load_config
 from pipeline.experiments.queue import QueueError
 from pipeline.terminal import console, results_console
-from pipeline.workflow import add_arguments, execute, run_command, stages
+from pipeline.workflow import add_arguments, add_verbose, execute, run_command, stages
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -202,16 +202,18 @@ def add_slurm_parser(sub: Any) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
-    table = Table(title="presets (configs/)")
-    table.add_column("name")
-    table.add_column("env")
-    table.add_column("policy")
-    table.add_column("dataset")
-    for name in list_presets():
+    names = list_presets()
+    table = Table(title="presets (configs/)", box=box.SIMPLE_HEAD)
+    # the name is what a user types: never cut or wrapped, at any terminal width; the dataset column gives way
+    table.add_column("name", no_wrap=True, min_width=max(map(len, names)))
+    table.add_column("env", overflow="fold")
+    table.add_column("policy", no_wrap=True)
+    table.add_column("dataset", overflow="fold")
+    for name in names:
         cfg = load_config(name)
         table.add_row(name, cfg.finetune.env_id, cfg.policy.kind,
-                      f"{cfg.pretrain.dataset.format}:{cfg.pretrain.dataset.source}"
-                      if cfg.finetune.from_pretrained else "(online from scratch)")
+                      f"{cfg.pretrain.dataset.format}:{Path(cfg.pretrain.dataset.source).name}"
+                      if cfg.finetune.from_pretrained else "(from scratch)")
     results_console.print(table)
 
 
@@ -236,6 +238,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "torch threads": str(torch.get_num_threads()), "cpu": cpu_description(),
     }
     try:
+        import pipeline.envs.robosuite_env  # noqa: F401 - its filter on robosuite's import warnings first
         import robosuite
 
         rows["robosuite"] = robosuite.__version__
@@ -249,7 +252,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline import __version__
+
     parser = argparse.ArgumentParser(prog="sacflow", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"sacflow {__version__}")
+    add_verbose(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     for st in stages():  # one subcommand per stage, in pipeline order
@@ -288,8 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--all-commits", action="store_true", help="experiments of every commit")
     t.add_argument("--runs", help="gather run directories <runs>/<preset>-s<seed> (sacflow table run) instead")
     t.set_defaults(func=cmd_table_gather)
-    sub.add_parser("presets", help="list the config presets").set_defaults(func=cmd_presets)
-    sub.add_parser("info", help="versions, device and threads").set_defaults(func=cmd_info)
+    for name, help_, func in (("presets", "list the config presets", cmd_presets),
+                               ("info", "versions, device, CPU and threads", cmd_info)):
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_verbose(p)
+        p.set_defaults(func=func)
     add_slurm_parser(sub)
     return parser
 
@@ -304,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[red]error:[/red]", escape(str(e)))
             return 1
 
-    return execute(command, f"sacflow {args.command}")
+    return execute(command, f"sacflow {args.command}", getattr(args, "verbose", False))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ in CI logs (``trainer.progress = false``, ``--quiet`` or ``CI`` set).
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,6 +20,9 @@ from rich.tree import Tree
 
 from pipeline.config import Config, ConfigError
 from pipeline.preemption import StopRequested
+
+# set (by --verbose) to let the libraries' own warnings through, in this process and in env worker processes
+VERBOSE_ENV = "SACFLOW_VERBOSE"
 
 console = Console(stderr=True)  # progress, config trees, errors
 results_console = Console()  # what a command outputs: result tables
@@ -89,11 +91,13 @@ def show_metrics(title: str, metrics: dict[str, Any]) -> None:
     results_console.print(table)
 
 
-def quiet_libraries() -> None:
-    """Lightning's data-loader advice and robosuite's per-env warnings say nothing about an RL stage (Lightning's
-    banners are quieted where a Trainer is built: :func:`pipeline.workflow.common.make_trainer`)."""
-    # robosuite warns on every env build that the Panda has no torso/head/base/legs controller to configure
-    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+def quiet_libraries(verbose: bool = False) -> None:
+    """Lightning's data-loader advice says nothing about an RL stage; ``verbose`` keeps it, and lets robosuite's
+    warnings through (filtered in :mod:`pipeline.envs.robosuite_env`; Lightning's banners are quieted where a
+    Trainer is built: :func:`pipeline.workflow.common.make_trainer`)."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        return
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -73,6 +73,33 @@ def test_presets_and_info_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert "torch" in out and "threads" in out
 
 
+def _sacflow(*argv: str) -> subprocess.CompletedProcess[str]:
+    """The sacflow command line in a fresh process, in an 80-column terminal."""
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def test_presets_show_every_name_whole_in_80_columns() -> None:
+    from pipeline.config import list_presets
+
+    proc = _sacflow("presets")
+    assert proc.returncode == 0, proc.stderr
+    first_cells = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert set(list_presets()) <= first_cells
+
+
+def test_library_warnings_only_with_verbose_and_a_version() -> None:
+    quiet, verbose = _sacflow("info"), _sacflow("info", "--verbose")
+    assert quiet.returncode == verbose.returncode == 0
+    assert "robosuite WARNING" not in quiet.stderr + quiet.stdout
+    assert "robosuite WARNING" in verbose.stderr + verbose.stdout  # the filter hides them, nothing else does
+    assert "AMD" in quiet.stdout or "Intel" in quiet.stdout or "flags" in quiet.stdout
+    version = _sacflow("--version")
+    assert version.returncode == 0 and version.stdout.startswith("sacflow ")
+    help_ = _sacflow("--help")
+    assert "``" not in help_.stdout and "--version" in help_.stdout
+
+
 def test_stages_without_a_trainer_do_not_import_lightning() -> None:
     # importing Lightning costs a process seconds; collect, evaluate, report and the queue commands build no Trainer
     code = ("import sys; import pipeline.cli, pipeline.workflow.collect, pipeline.workflow.evaluate, "

@@ -22,11 +22,28 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from pipeline.terminal import VERBOSE_ENV
+
+
+class _LibraryNoise(logging.Filter):
+    """Drops robosuite's warnings unless ``SACFLOW_VERBOSE`` is set: at import (no private macro file, no
+    robosuite_models, no mink) and on every env build (the Panda has no torso/head/base/legs controller to
+    configure). They say nothing about a run; its errors pass. A filter on the logger, installed before robosuite
+    is imported (here, and so in env worker processes too), survives robosuite setting the logger's level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or bool(os.environ.get(VERBOSE_ENV))
+
+
+logging.getLogger("robosuite_logs").addFilter(_LibraryNoise())
 
 # robomimic's type code for robosuite environments (robomimic.envs.env_base.EnvType.ROBOSUITE_TYPE).
 ROBOSUITE_ENV_TYPE = 1

@@ -112,11 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser, st: Stage) -> None:
     parser.add_argument("--params", help="read the config from a DVC params file instead of --preset")
     parser.add_argument("--out", default=st.out, help=f"output directory (default {st.out}); rerun on it to resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or config tree (CI, logs)")
+    add_verbose(parser)
     for inp in st.inputs:
         if inp.pairs:
             parser.add_argument(inp.flag, dest=inp.name, action="append", metavar="NAME=DIR", help=inp.help)
         else:
             parser.add_argument(inp.flag, dest=inp.name, default=inp.default, help=inp.help)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: the flag may come before or after a subcommand without one parser resetting the other's value
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the libraries' own warnings (robosuite, Lightning)")
 
 
 def config_of(args: argparse.Namespace) -> Config:
@@ -142,12 +149,13 @@ def run_command(st: Stage, args: argparse.Namespace) -> dict[str, Any]:
     return st.run(cfg, args.out, **inputs)
 
 
-def execute(command: Callable[[], dict[str, Any] | int | None], title: str) -> int:
+def execute(command: Callable[[], dict[str, Any] | int | None], title: str, verbose: bool = False) -> int:
     """Run a command the way every entry point does: SIGTERM stops a training stage after its current step with a
-    checkpoint (:mod:`pipeline.preemption`); named user errors become messages and exit codes; metrics a table."""
+    checkpoint (:mod:`pipeline.preemption`); named user errors become messages and exit codes; metrics a table;
+    the libraries' warnings only when ``verbose``."""
     from pipeline import terminal
 
-    terminal.quiet_libraries()
+    terminal.quiet_libraries(verbose)
     stops = (signal.SIGTERM,) if threading.current_thread() is threading.main_thread() else ()
     with preemption.stopping_on(*stops):
         code, result = terminal.exit_code(command)
@@ -168,7 +176,7 @@ def dvc_main(st: Stage, argv: Sequence[str] | None = None) -> None:
     layout = [x for inp in st.inputs for value in inp.dvc for x in (inp.flag, value)]
     args = parser.parse_args(["--params", PARAMS, "--quiet", *layout,
                               *(sys.argv[1:] if argv is None else argv)])
-    sys.exit(execute(lambda: run_command(st, args), f"sacflow {st.name}"))
+    sys.exit(execute(lambda: run_command(st, args), f"sacflow {st.name}", getattr(args, "verbose", False)))
 
 
 def run_dir_inputs(st: Stage, run_dir: Path, cfg: Config) -> dict[str, Any]:
