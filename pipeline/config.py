@@ -144,6 +144,10 @@ class SACConfig:
     # auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md), eager elsewhere,
     # in data-parallel runs and under trainer.precision = bf16-mixed
     update_mode: Literal["auto", "eager", "compile", "cuda_graphs"] = "auto"
+    # eager | compile: torch.compile of the policy rollout that picks actions (acting, evaluation, collection).
+    # Compiling costs ~30 s per observation batch shape and pays back over long runs: the paper-size Flow-T acts
+    # 4.4x faster at batch 1 on one CPU core (bench/act_latency.py, bench/README.md)
+    act_mode: Literal["eager", "compile"] = "eager"
 
 
 @dataclass
@@ -156,9 +160,10 @@ class TrainerConfig:
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when devices x num_nodes > 1, else one process
     num_nodes: int = 1  # machines (Slurm: $SLURM_NNODES); every node runs `devices` processes
     progress: bool = True  # rich progress bars (off in CI logs)
-    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and acting (weights, optimizer state,
-    # BatchRenorm statistics, log-probabilities, losses and output heads stay fp32). Needs a CPU with AVX-512 BF16
-    # or AMX, or a GPU with bf16; not with sac.update_mode = cuda_graphs (untested)
+    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and, on CUDA, in acting (a CPU acts in
+    # fp32, faster at acting's small batches); weights, optimizer state, BatchRenorm statistics, log-probabilities,
+    # losses and output heads stay fp32. Needs a CPU with AVX-512 BF16 or AMX, or a GPU with bf16; not with
+    # sac.update_mode = cuda_graphs (untested)
     precision: Precision = "32-true"
 
 
