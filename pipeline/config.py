@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.data.formats import FORMAT_NAMES, FORMATS
 from pipeline.policies.kinds import (BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS, POLICY_KINDS,
-                                     TANH_JACOBIAN_MODES, check_policy_options, policy_options)
+                                     SIGMA_NETS, TANH_JACOBIAN_MODES, check_policy_options, policy_options)
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -82,6 +82,10 @@ class PolicyConfig:
     n_layers: int = 2  # flow_t decoder layers
     n_heads: int = 4  # flow_t attention heads
     norm: Literal[NORMS] = "post"  # flow_t LayerNorm placement
+    # flow_g: 0 feeds t as one input; N > 0 a sinusoidal embedding of width N through an MLP (public from-scratch code)
+    time_embedding: int = 0
+    sigma_net: Literal[SIGMA_NETS] = "input"  # flow_g learned log-sigma: from [s, a_i, t] or from s alone
+    sigma_hidden: int = 512  # flow_g: width of the 2-layer state-only sigma net (sigma_net = state)
     bc_target: Literal[BC_TARGETS] = "pretanh"  # flow-matching target space for dataset actions
     # BatchRenorm layers in the actor, batch statistics in the SAC actor terms (on the actor's own rollout) and running
     # ones everywhere else, pretraining's flow matching included (it evaluates off the rollout's grid). none;
