@@ -214,8 +214,8 @@ class MetricLog:
         if self.logger is None:
             return
         metrics = {f"{prefix}/{k}": float(v) for k, v in row.items()
-                   if k != self.step_key and isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
-        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+                   if k != self.step_key and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # as the CSV logs, which leave them empty
         if metrics:
             self.logger.log_metrics(metrics, step=step)
 
