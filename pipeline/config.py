@@ -27,6 +27,8 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 PolicyKind = Literal[POLICY_KINDS]
 DatasetFormat = Literal[FORMAT_NAMES]
 Precision = Literal["32-true", "bf16-mixed"]  # trainer.precision, Lightning's names (pipeline.precision)
+ALPHA_LOSSES = ("standard", "paper_code")  # sac.alpha_loss (pipeline.sac.alpha_loss)
+PRETRAIN_UPDATES = ("joint", "sequential")  # pretrain.update (pipeline.lightning.offline.pretrain_update)
 VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
@@ -134,6 +136,10 @@ class SACConfig:
     reward_scale: float = 1.0  # training rewards are r * scale + shift, for dataset and env alike
     reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
     q_agg: Literal["min", "mean"] = "min"  # ensemble reduction in targets and actor loss (public O2O code: mean)
+    # temperature loss: standard, -log(alpha) (log pi + target_entropy), raises alpha while entropy is below target;
+    # paper_code, alpha (log pi - target_entropy), the public O2O code's: the entropy's sign is flipped, so at its
+    # target 0 alpha falls while entropy is below target
+    alpha_loss: Literal[ALPHA_LOSSES] = "standard"
     max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
     # action chunking: H actions per decision; the policy and critic act on the H*A chunk, rewards are summed with
     # gamma^i inside it, and the critic bootstraps with gamma^H (the public offline-to-online code's option)
@@ -172,6 +178,9 @@ class PretrainConfig:
     log_every: int = 100  # steps between metric rows
     checkpoint_every: int = 500  # steps between checkpoints
     bc_weight: float | None = None  # lambda_bc during pretraining (None: sac.bc_weight)
+    # joint: one update per batch with every actor term; sequential: the public O2O code's two updates per batch,
+    # critic + flow-matching BC, then critic + the q_weight / bc_weight terms (each with its own critic step)
+    update: Literal[PRETRAIN_UPDATES] = "joint"
 
 
 @dataclass
@@ -329,6 +338,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'sac.update_mode' = 'cuda_graphs' with 'trainer.precision' = {cfg.trainer.precision!r} "
             "has not been tested (autocast inside a graph capture): use 'eager' or 'compile', or 32-true"
+        )
+    if cfg.pretrain.update == "sequential" and (cfg.pretrain.flow_weight <= 0 or cfg.sac.policy_delay != 1):
+        raise ConfigError(
+            f"config key 'pretrain.update' = 'sequential' runs a flow-matching update, then a regularized-actor "
+            f"update, on each batch: it needs 'pretrain.flow_weight' > 0 (got {cfg.pretrain.flow_weight}) and "
+            f"'sac.policy_delay' = 1 (got {cfg.sac.policy_delay}), or the actor would skip one of them"
         )
     if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
         raise ConfigError(

@@ -6,7 +6,7 @@ What one update computes (how it executes, eagerly, compiled or as CUDA graphs, 
              (H = sac.chunk actions per decision; 1 unless action chunking is on)
              L_Q = sum_k mean_B (Q_k(s, a) - y)^2
     actor:   L_pi = mean_B [alpha log pi(a~|s) - agg_k Q_k(s, a~)] + lambda_bc mean ||a~ - a_data||^2
-    alpha:   L_alpha = -log_alpha * mean_B (log pi(a~|s) + target_entropy)
+    alpha:   L_alpha = -log_alpha * mean_B (log pi(a~|s) + target_entropy)     (sac.alpha_loss: standard)
 
 Time-limit truncation is not a terminal: only ``terminals`` cut the bootstrap.
 """
@@ -186,4 +186,14 @@ def _policy_terms(agent: SACAgent, obs: torch.Tensor, batch: Batch, bc_weight: f
 
 
 def alpha_loss(agent: SACAgent, log_prob: torch.Tensor) -> torch.Tensor:
+    """The temperature loss for the actor sample's ``log_prob [B]`` (detached here), by ``sac.alpha_loss``.
+
+    ``standard``: ``-log alpha * mean(log pi + target_entropy)``, which raises alpha while the entropy
+    ``-log pi`` is below its target. ``paper_code``: ``alpha * (mean log pi - target_entropy)``, the public
+    offline-to-online code's (``alpha_loss`` / ``update_alpha`` in its ``agents/acfql_*_ablation_online_sac.py``),
+    ``alpha * (-entropy - target)``, in which the entropy enters with the opposite sign: at its target entropy 0
+    it lowers alpha while the entropy is below the target, and raises it above.
+    """
+    if agent.cfg.alpha_loss == "paper_code":
+        return agent.alpha * (log_prob.detach().mean() - agent.target_entropy)
     return -(agent.log_alpha * (log_prob.detach() + agent.target_entropy)).mean()

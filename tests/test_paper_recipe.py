@@ -1,0 +1,116 @@
+"""The public offline-to-online code's recipe as config switches: each changes exactly what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import ConfigError, PretrainConfig, load_config
+from pipeline.lightning.offline import pretrain_update
+from pipeline.sac import alpha_loss
+from pipeline.update import SACUpdater, make_optimizers
+from conftest import random_batch, tiny_agent
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sac.alpha_loss
+
+
+@pytest.mark.parametrize("target_entropy", [0.0, -4.0, 3.0])
+def test_alpha_loss_standard_is_sac_and_paper_code_is_the_public_codes(target_entropy: float) -> None:
+    log_prob = torch.tensor([1.5, -0.5, 2.0, 0.25])
+    standard = tiny_agent(target_entropy=target_entropy, init_alpha=0.3)
+    paper = tiny_agent(target_entropy=target_entropy, init_alpha=0.3, alpha_loss="paper_code")
+    expected = -(standard.log_alpha * (log_prob + target_entropy)).mean()
+    torch.testing.assert_close(alpha_loss(standard, log_prob), expected, rtol=0, atol=0)
+    torch.testing.assert_close(alpha_loss(paper, log_prob), 0.3 * (log_prob.mean() - target_entropy))
+
+
+def test_alpha_moves_the_opposite_way_under_the_public_codes_loss_at_its_target_entropy_zero() -> None:
+    """With the public code's target entropy 0, SAC raises alpha while the entropy -log pi is below 0; the public
+    code's loss, whose entropy enters with the opposite sign, lowers it by the same first Adam step."""
+    moves = {}
+    for mode in ("standard", "paper_code"):
+        agent = tiny_agent(target_entropy=0.0, alpha_lr=0.01, alpha_loss=mode)
+        before = agent.alpha.item()
+        info = SACUpdater(agent, make_optimizers(agent)).update(random_batch(16))
+        moves[mode] = agent.log_alpha.item() - torch.log(torch.tensor(before)).item()
+        entropy = info["entropy"].item()
+    assert abs(entropy) > 0.1
+    below_target = entropy < 0.0
+    assert moves["standard"] == pytest.approx(0.01 if below_target else -0.01, rel=1e-3)
+    assert moves["paper_code"] == pytest.approx(-moves["standard"], rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pretrain.update
+
+
+def weights(agent: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in agent.state_dict().items()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+PT = dict(flow_weight=1.0, q_weight=0.5)
+
+
+def test_sequential_pretraining_is_a_flow_update_then_a_regularized_actor_update_on_the_same_batch() -> None:
+    batch = random_batch(16)
+    agent = tiny_agent(alpha_lr=0.01)
+    torch.manual_seed(3)
+    info = pretrain_update(SACUpdater(agent, make_optimizers(agent)), batch, PretrainConfig(update="sequential", **PT),
+                           bc_weight=2.0)
+    by_hand = tiny_agent(alpha_lr=0.01)
+    updater = SACUpdater(by_hand, make_optimizers(by_hand))
+    torch.manual_seed(3)
+    first = updater.update(batch, bc_weight=0.0, q_weight=0.0, flow_weight=1.0)
+    alpha_after_flow = by_hand.alpha.item()
+    second = updater.update(batch, bc_weight=2.0, q_weight=0.5, flow_weight=0.0)
+    assert_same(weights(agent), weights(by_hand))
+    assert updater.updates == 2
+    assert alpha_after_flow == pytest.approx(0.2)  # the flow-only update has no entropy term: alpha waits
+    assert "flow_loss" not in second and "bc_mse" not in first
+    assert info["flow_loss"] == first["flow_loss"] and info["bc_mse"] == second["bc_mse"]
+
+
+def test_joint_pretraining_is_one_update_with_every_term_as_before() -> None:
+    batch = random_batch(16)
+    agent = tiny_agent()
+    torch.manual_seed(3)
+    pretrain_update(SACUpdater(agent, make_optimizers(agent)), batch, PretrainConfig(**PT), bc_weight=2.0)
+    by_hand = tiny_agent()
+    updater = SACUpdater(by_hand, make_optimizers(by_hand))
+    torch.manual_seed(3)
+    updater.update(batch, bc_weight=2.0, q_weight=0.5, flow_weight=1.0)
+    assert_same(weights(agent), weights(by_hand))
+    assert updater.updates == 1
+
+
+def test_sequential_and_joint_pretraining_differ() -> None:
+    batch = random_batch(16)
+    out = []
+    for update in ("joint", "sequential"):
+        agent = tiny_agent()
+        torch.manual_seed(3)
+        pretrain_update(SACUpdater(agent, make_optimizers(agent)), batch, PretrainConfig(update=update, **PT), 2.0)
+        out.append(weights(agent)["actor." + next(iter(dict(agent.actor.named_parameters())))])
+    assert not torch.equal(*out)
+
+
+@pytest.mark.parametrize(("override", "named"), [("pretrain.flow_weight=0", "pretrain.flow_weight"),
+                                                 ("sac.policy_delay=2", "sac.policy_delay")])
+def test_sequential_pretraining_refuses_settings_that_would_skip_one_of_its_updates(override: str,
+                                                                                    named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config("smoke", ["pretrain.update=sequential", override])
+
+
+@pytest.mark.parametrize(("key", "value"), [("pretrain.update", "both"), ("sac.alpha_loss", "flipped")])
+def test_unknown_recipe_values_are_refused_naming_the_key(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        load_config("smoke", [f"{key}={value}"])
