@@ -114,3 +114,41 @@ def test_sequential_pretraining_refuses_settings_that_would_skip_one_of_its_upda
 def test_unknown_recipe_values_are_refused_naming_the_key(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load_config("smoke", [f"{key}={value}"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The <task>_paper_<kind> presets: the public code's settings (offline-to-online/main_action_reg_three_phase.py
+# flags, agents/acfql_transformer_ablation_online_sac.py get_config, envs/robomimic_utils.py)
+
+OFFICIAL = {
+    "policy.steps": 4, "policy.log_prob": "exact", "policy.tanh_jacobian": "floored", "policy.bc_target": "raw",
+    "critic.n_critics": 2, "critic.hidden": 512, "critic.layers": 4, "critic.layer_norm": True,
+    "sac.gamma": 0.99, "sac.tau": 0.005, "sac.actor_lr": 3e-4, "sac.critic_lr": 3e-4, "sac.alpha_lr": 3e-4,
+    "sac.init_alpha": 0.2, "sac.learn_alpha": True, "sac.alpha_loss": "paper_code", "sac.target_entropy": 0.0,
+    "sac.batch_size": 256, "sac.utd": 1, "sac.actor_noise_std": 0.05, "sac.act_noise_std": 0.02,
+    "sac.reward_shift": -1.0, "sac.q_agg": "mean", "sac.chunk": 5,
+    "pretrain.steps": 1_000_000, "pretrain.update": "sequential", "pretrain.dataset.filter_key": None,
+    "pretrain.dataset.obs_keys": ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"],
+    "pretrain.dataset.normalize_obs": False,
+    "finetune.total_steps": 1_000_000, "finetune.learning_starts": 5000, "finetune.buffer_mode": "seeded",
+    "finetune.eval_every": 100_000, "finetune.eval_episodes": 50, "evaluate.episodes": 50,
+    # the paper's beta on robomimic: 10000 offline, 1000 online
+    "pretrain.bc_weight": 10000.0, "sac.bc_weight": 1000.0,
+}
+PAPER_PRESETS = [f"{task}_paper_{kind}" for task in ("lift", "can", "square") for kind in ("flow_t", "flow_g")]
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_hold_the_public_codes_settings(name: str) -> None:
+    from pipeline.config import get_dotted
+
+    cfg = load_config(name)
+    wrong = {k: get_dotted(cfg, k) for k, v in OFFICIAL.items() if get_dotted(cfg, k) != v}
+    assert not wrong, f"{name}: {wrong}"
+    task = {"lift": "Lift", "can": "PickPlaceCan", "square": "NutAssemblySquare"}[name.split("_")[0]]
+    assert cfg.finetune.env_id == f"robosuite/{task}"
+    assert cfg.policy.kind == name.split("_paper_")[1]
+    if cfg.policy.kind == "flow_t":
+        assert (cfg.policy.d_model, cfg.policy.n_heads, cfg.policy.n_layers) == (128, 4, 2)
+    else:
+        assert (cfg.policy.hidden, cfg.policy.layers) == (512, 4)
