@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.data.formats import FORMAT_NAMES, FORMATS
 from pipeline.policies.kinds import (BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS, POLICY_KINDS,
-                                     TANH_JACOBIAN_MODES, check_policy_options, policy_options)
+                                     SIGMA_NETS, TANH_JACOBIAN_MODES, check_policy_options, policy_options)
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -84,6 +84,10 @@ class PolicyConfig:
     n_layers: int = 2  # flow_t decoder layers
     n_heads: int = 4  # flow_t attention heads
     norm: Literal[NORMS] = "post"  # flow_t LayerNorm placement
+    # flow_g: 0 feeds t as one input; N > 0 a sinusoidal embedding of width N through an MLP (public from-scratch code)
+    time_embedding: int = 0
+    sigma_net: Literal[SIGMA_NETS] = "input"  # flow_g learned log-sigma: from [s, a_i, t] or from s alone
+    sigma_hidden: int = 512  # flow_g: width of the 2-layer state-only sigma net (sigma_net = state)
     bc_target: Literal[BC_TARGETS] = "pretanh"  # flow-matching target space for dataset actions
     # BatchRenorm layers in the actor, batch statistics in the SAC actor terms (on the actor's own rollout) and running
     # ones everywhere else, pretraining's flow matching included (it evaluates off the rollout's grid). none;
@@ -150,6 +154,10 @@ class SACConfig:
     # auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md), eager elsewhere,
     # in data-parallel runs and under trainer.precision = bf16-mixed
     update_mode: Literal["auto", "eager", "compile", "cuda_graphs"] = "auto"
+    # eager | compile: torch.compile of the policy rollout that picks actions (acting, evaluation, collection).
+    # Compiling costs ~30 s per observation batch shape and pays back over long runs: the paper-size Flow-T acts
+    # 4.4x faster at batch 1 on one CPU core (bench/act_latency.py, bench/README.md)
+    act_mode: Literal["eager", "compile"] = "eager"
 
 
 @dataclass
@@ -162,9 +170,10 @@ class TrainerConfig:
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when devices x num_nodes > 1, else one process
     num_nodes: int = 1  # machines (Slurm: $SLURM_NNODES); every node runs `devices` processes
     progress: bool = True  # rich progress bars (off in CI logs)
-    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and acting (weights, optimizer state,
-    # BatchRenorm statistics, log-probabilities, losses and output heads stay fp32). Needs a CPU with AVX-512 BF16
-    # or AMX, or a GPU with bf16; not with sac.update_mode = cuda_graphs (untested)
+    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and, on CUDA, in acting (a CPU acts in
+    # fp32, faster at acting's small batches); weights, optimizer state, BatchRenorm statistics, log-probabilities,
+    # losses and output heads stay fp32. Needs a CPU with AVX-512 BF16 or AMX, or a GPU with bf16; not with
+    # sac.update_mode = cuda_graphs (untested)
     precision: Precision = "32-true"
 
 

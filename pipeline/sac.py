@@ -26,7 +26,7 @@ from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, CriticConfig, PolicyConfig, SACConfig
 from pipeline.critics import CrossQCritic, make_critic
 from pipeline.policies import make_policy
-from pipeline.precision import autocast, check_precision
+from pipeline.precision import acting_precision, check_precision
 
 # |a| past this counts as saturated in the ``action_saturation`` diagnostic: tanh' < 0.02 there, so neither Q nor
 # the entropy term can move such an action back (a flow whose sigma sits at its bound shows up here first)
@@ -74,6 +74,8 @@ class SACAgent(nn.Module):
         # sigma overrides for fixed-noise flows (None: the policy's own noise_std); Gaussian policies ignore them
         self.actor_noise_std = sac.actor_noise_std
         self.act_noise_std = sac.act_noise_std
+        # how acting executes (sac.act_mode); what it computes is _act_normalized's
+        self._act_fn = torch.compile(self._act_normalized) if sac.act_mode == "compile" else self._act_normalized
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -89,11 +91,13 @@ class SACAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         """Actions ``[B, A]`` in [-1, 1] for raw observations ``[B, S]``; deterministic sets every epsilon to 0."""
-        obs = self.normalize(obs)
-        with autocast(self.precision, obs.device):
-            if deterministic:
-                return self.actor.act(obs, deterministic=True)
-            return self.actor.sample(obs, noise_std=self.act_noise_std)[0]
+        with acting_precision(self.precision, obs.device):
+            return self._act_fn(self.normalize(obs), deterministic)
+
+    def _act_normalized(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        if deterministic:
+            return self.actor.act(obs, deterministic=True)
+        return self.actor.sample(obs, noise_std=self.act_noise_std)[0]
 
     def q_agg(self, q: torch.Tensor) -> torch.Tensor:
         """Reduce ``q [n, B]`` over the ensemble: the minimum (SAC) or the mean (the public O2O code's option)."""

@@ -517,3 +517,53 @@ def test_paper_flow_t_preset_has_the_official_actors_parameters(preset: str, obs
     total, dead = _official_flow_t_parameters(obs, act, cfg.policy.d_model, cfg.policy.n_layers, cfg.policy.steps)
     assert sum(p.numel() for p in actor.parameters()) == total - dead
     assert (cfg.policy.d_model, cfg.policy.n_heads, cfg.critic.hidden, cfg.sac.batch_size) == (96, 4, 1024, 512)
+
+
+def _official_flow_g_parameters(obs: int, act: int, hidden: int, time_dim: int, sigma_hidden: int) -> int:
+    """Parameters of the public from-scratch code's CrossQ Flow-G actor, layer by layer: the time MLP on a
+    sinusoidal embedding, a BatchRenorm of [s, a_i], one-hidden-layer gate and candidate nets on [renorm, time], and
+    the state-only log-sigma MLP."""
+    dense = lambda i, o: i * o + o  # noqa: E731
+    time_mlp = dense(time_dim, 2 * time_dim) + dense(2 * time_dim, time_dim)
+    renorm = 2 * (obs + act)
+    gated = 2 * (dense(obs + act + time_dim, hidden) + dense(hidden, act))
+    sigma = dense(obs, sigma_hidden) + dense(sigma_hidden, sigma_hidden) + dense(sigma_hidden, act)
+    return time_mlp + renorm + gated + sigma
+
+
+@pytest.mark.parametrize("preset,obs,act", [("hopper_scratch_flow_g_paper", 11, 3),
+                                            ("halfcheetah_scratch_flow_g_paper", 17, 6)])
+def test_paper_flow_g_preset_has_the_official_actors_parameters(preset: str, obs: int, act: int) -> None:
+    from pipeline.config import load_config
+
+    cfg = load_config(preset)
+    actor = make_policy(cfg.policy.kind, obs, act, **cfg.policy.policy_kwargs())
+    p = cfg.policy
+    total = _official_flow_g_parameters(obs, act, p.hidden, p.time_embedding, p.sigma_hidden)
+    assert sum(q.numel() for q in actor.parameters()) == total
+    assert (p.hidden, p.layers, p.time_embedding, cfg.critic.hidden, cfg.sac.batch_size) == (512, 1, 32, 1024, 512)
+    if preset.startswith("hopper"):
+        assert total == 325765  # ~0.3M, against 817k for our CPU presets' Flow-G at hidden 512
+
+
+def test_flow_g_state_sigma_depends_on_the_state_only_and_the_time_embedding_on_t() -> None:
+    policy = make_policy("flow_g", OBS, ACT, hidden=16, layers=1, noise="learned", time_embedding=8,
+                         sigma_net="state", sigma_hidden=8)
+    velocity = policy.velocity
+    obs = torch.randn(5, OBS)
+    context = velocity.encode(obs)
+    t = torch.full((5, 1), 0.25)
+    v1, log_sigma1 = velocity(context, torch.randn(5, ACT), t)
+    v2, log_sigma2 = velocity(context, torch.randn(5, ACT), t + 0.5)
+    assert torch.equal(log_sigma1, log_sigma2) and not torch.allclose(v1, v2)
+    assert log_sigma1.shape == (5, ACT) and (log_sigma1 >= -5).all() and (log_sigma1 <= 2).all()
+    actions, log_prob = policy.sample(obs)
+    (log_prob.sum() + actions.sum()).backward()
+    assert all(q.grad is not None for q in policy.parameters())
+
+
+def test_flow_g_time_embedding_width_is_checked() -> None:
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="policy.time_embedding"):
+        load_config("hopper_scratch_flow_g_paper", ["policy.time_embedding=3"])

@@ -87,6 +87,16 @@ def test_bf16_acting_gives_fp32_actions_and_log_probs(kind: str) -> None:
     assert actions.dtype == log_prob.dtype == torch.float32 and torch.isfinite(log_prob).all()
 
 
+def test_a_cpu_acts_in_fp32_whatever_the_precision_and_the_autocast_around_it() -> None:
+    fp32 = tiny_agent({"kind": "flow_t"})
+    bf16 = tiny_agent({"kind": "flow_t"})
+    bf16.precision = "bf16-mixed"
+    obs = torch.randn(5, OBS_DIM)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside Lightning's bf16-mixed training_step
+        actions = bf16.act(obs, True)
+    assert torch.equal(actions, fp32.act(obs, True))
+
+
 def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     with pytest.raises(ValueError, match="trainer.precision = 'bf16-mixed' needs a CPU with AVX-512 BF16 or AMX"):

@@ -93,7 +93,8 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
                                    batch_renorm=crossq, renorm_steps=renorm_steps)
     elif kind == "flow_g":
         velocity = FlowGVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
-                                 batch_renorm=crossq, renorm_steps=renorm_steps)
+                                 batch_renorm=crossq, renorm_steps=renorm_steps, time_embedding=opts["time_embedding"],
+                                 sigma_net=opts["sigma_net"], sigma_hidden=opts["sigma_hidden"])
     else:
         velocity = FlowTVelocity(
             obs_dim,

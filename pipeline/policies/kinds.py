@@ -20,6 +20,7 @@ LOG_PROB_MODES = ("exact", "paper_code")  # the exact path density, or the publi
 BC_TARGETS = ("pretanh", "raw")  # flow matching's target space for dataset actions
 TANH_JACOBIAN_MODES = ("floored", "exact")  # log(1 - tanh^2 + 1e-6), the public code's; or without the 1e-6
 NORMS = ("post", "pre")  # Flow-T's LayerNorm placement
+SIGMA_NETS = ("input", "state")  # Flow-G's learned log-sigma: from the velocity's input, or from the state alone
 # where the actor has BatchRenorm layers: none; on its observations ("input"); where the public CrossQ actors have
 # them ("crossq"; each policy's docstring says where); or, for the flows, "crossq" with the layer that reads a_i
 # split into one layer per rollout step ("crossq_per_step")
@@ -72,7 +73,11 @@ OPTIONS: dict[str, dict[str, tuple[Check, Any]]] = {
     "gaussian": {**_MLP, **_EVERY, "batch_renorm": (one_of(GAUSSIAN_BATCH_RENORM_MODES), "none"),
                  "log_std_min": (finite, -5.0), "log_std_max": (finite, 2.0)},
     "flow_mlp": {**_FLOW, **_MLP, **_EVERY},
-    "flow_g": {**_FLOW, **_MLP, **_EVERY},
+    "flow_g": {**_FLOW, **_MLP, **_EVERY,
+               # 0: t is one input; N: a sinusoidal embedding of width N through an MLP (the public from-scratch code's)
+               "time_embedding": (int_in(0, 4096), 0),
+               "sigma_net": (one_of(SIGMA_NETS), "input"),
+               "sigma_hidden": (int_in(1, 65536), 512)},  # width of the state-only sigma net (sigma_net = state)
     "flow_t": {**_FLOW, **_EVERY, "d_model": (int_in(1, 65536), 64), "n_layers": (int_in(1, 64), 2),
                "n_heads": (int_in(1, 1024), 4), "norm": (one_of(NORMS), "post")},
 }
@@ -114,6 +119,8 @@ def check_policy_options(kind: str, options: dict[str, Any], name: Callable[[str
     if kind == "flow_t" and opts["d_model"] % opts["n_heads"]:
         raise ValueError(f"{name('d_model')} = {opts['d_model']} must be divisible by {name('n_heads')} = "
                          f"{opts['n_heads']}")
+    if kind == "flow_g" and opts["time_embedding"] and (opts["time_embedding"] < 4 or opts["time_embedding"] % 2):
+        raise ValueError(f"{name('time_embedding')} = {opts['time_embedding']}: expected 0 or an even number >= 4")
     if kind in FLOW_KINDS and opts["noise"] == "learned" and "noise_std" in options:
         raise ValueError(f"{name('noise_std')} is the fixed sigma: it is only valid with {name('noise')} = 'fixed'")
     return opts

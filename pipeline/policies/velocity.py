@@ -17,6 +17,7 @@ The nets contain no data-dependent Python control flow, so a rollout built on th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -109,6 +110,23 @@ class FlowMLPVelocity(nn.Module):
         return v, squash_log_sigma(self.log_sigma_head(h))
 
 
+class SinusoidalTimeEmbedding(nn.Module):
+    """``t [B,1] -> [B, dim]``: sines and cosines of ``t`` at ``dim/2`` geometric frequencies (1 down to 1/10000),
+    then an MLP ``dim -> 2 dim -> dim`` with SiLU: the public from-scratch Flow-G's time input."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim < 4 or dim % 2:
+            raise ValueError(f"time embedding width must be an even number >= 4, got {dim}")
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half)))
+        self.mlp = mlp(dim, 2 * dim, 1, dim, nn.SiLU)
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = t * self.freqs
+        return self.mlp(torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1))
+
+
 class FlowGVelocity(nn.Module):
     """Flow-G, the gated (GRU-like) velocity: ``v = σ(G(x)) ⊙ (H(x) − a)`` with ``x = [s, a, t]``.
 
@@ -116,45 +134,62 @@ class FlowGVelocity(nn.Module):
     whenever ``Δt·z ≤ 1``, which keeps the Jacobian ``∂a_{i+1}/∂a_i`` bounded. G's last layer starts
     with zero weights and bias 5 (as in the public code), so the gate is ≈ 0.993 for every input at
     initialisation and the flow starts as a plain ``v = h̃ − a`` relaxation.
-    With ``learned_noise`` a third SiLU MLP of the same input gives ``log σ``. ``batch_renorm`` and
-    ``renorm_steps``: see :func:`state_action_norm`.
+
+    ``time_embedding`` (0: ``t`` is one input) replaces ``t`` in ``x`` by a :class:`SinusoidalTimeEmbedding` of that
+    width. With ``learned_noise``, ``log σ`` comes from a third SiLU MLP of ``x`` (``sigma_net = "input"``) or from a
+    ReLU MLP of the state alone, 2 × ``sigma_hidden`` (``"state"``, the public from-scratch Flow-G's; it is then
+    computed once per rollout, in :meth:`encode`). ``batch_renorm`` and ``renorm_steps``: see
+    :func:`state_action_norm`.
     """
 
     GATE_INIT_BIAS = 5.0
 
     def __init__(
         self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False,
-        batch_renorm: bool = False, renorm_steps: int | None = None,
+        batch_renorm: bool = False, renorm_steps: int | None = None, time_embedding: int = 0,
+        sigma_net: str = "input", sigma_hidden: int = 512,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
-        in_dim = obs_dim + act_dim + 1
+        self.time_embed = SinusoidalTimeEmbedding(time_embedding) if time_embedding else None
+        in_dim = obs_dim + act_dim + (time_embedding or 1)
         self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear)
         self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear)
-        self.log_sigma_net = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear) if learned_noise else None
+        self.state_sigma = learned_noise and sigma_net == "state"
+        self.log_sigma_net = None
+        if learned_noise:
+            self.log_sigma_net = (mlp(obs_dim, sigma_hidden, 2, act_dim, nn.ReLU, head=FP32Linear) if self.state_sigma
+                                  else mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear))
         last = self.gate[-1]
         assert isinstance(last, nn.Linear)
         nn.init.zeros_(last.weight)
         nn.init.constant_(last.bias, self.GATE_INIT_BIAS)
 
     def encode(self, obs: Tensor) -> Tensor:
-        """The context is the raw observation ``[B,S]``."""
+        """The context: the raw observation ``[B,S]``; with a state-only σ net, ``[s, log σ(s)]`` ``[B, S+A]``."""
+        if self.state_sigma:
+            assert self.log_sigma_net is not None
+            return torch.cat([obs, squash_log_sigma(self.log_sigma_net(obs))], dim=-1)
         return obs
 
     def gate_value(self, context: Tensor, a: Tensor, t: Tensor, step: int | None = None) -> Tensor:
         """The gate ``z = σ(G([s, a, t])) [B,A]`` (exposed for diagnostics and tests)."""
-        return torch.sigmoid(self.gate(self._input(context, a, t, step)))
+        return torch.sigmoid(self.gate(self._input(context[:, :self.obs_dim], a, t, step)))
 
-    def _input(self, context: Tensor, a: Tensor, t: Tensor, step: int | None) -> Tensor:
-        return torch.cat([apply_action_norm(self.in_norm, torch.cat([context, a], dim=-1), t, step), t], dim=-1)
+    def _input(self, obs: Tensor, a: Tensor, t: Tensor, step: int | None) -> Tensor:
+        time = t if self.time_embed is None else self.time_embed(t)
+        return torch.cat([apply_action_norm(self.in_norm, torch.cat([obs, a], dim=-1), t, step), time], dim=-1)
 
     def forward(self, context: Tensor, a: Tensor, t: Tensor, step: int | None = None) -> tuple[Tensor, Tensor | None]:
-        """``context [B,S], a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
-        x = self._input(context, a, t, step)
+        """``context [B,S] (or [B,S+A], see encode), a [B,A], t [B,1] -> (v [B,A], log_sigma [B,A] or None)``."""
+        obs = context[:, :self.obs_dim]
+        x = self._input(obs, a, t, step)
         v = torch.sigmoid(self.gate(x)) * (self.candidate(x) - a)
         if self.log_sigma_net is None:
             return v, None
+        if self.state_sigma:
+            return v, context[:, self.obs_dim:]
         return v, squash_log_sigma(self.log_sigma_net(x))
 
 
