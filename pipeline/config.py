@@ -28,7 +28,8 @@ PolicyKind = Literal[POLICY_KINDS]
 DatasetFormat = Literal[FORMAT_NAMES]
 Precision = Literal["32-true", "bf16-mixed"]  # trainer.precision, Lightning's names (pipeline.precision)
 ALPHA_LOSSES = ("standard", "paper_code")  # sac.alpha_loss (pipeline.sac.alpha_loss)
-PRETRAIN_UPDATES = ("joint", "sequential")  # pretrain.update (pipeline.lightning.offline.pretrain_update)
+PRETRAIN_UPDATES = ("joint", "sequential")
+FLOW_MASKS = ("none", "past_terminal")  # sac.flow_mask (pipeline.sac.executed_steps_mask)  # pretrain.update (pipeline.lightning.offline.pretrain_update)
 VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
@@ -144,6 +145,9 @@ class SACConfig:
     # paper_code, alpha (log pi - target_entropy), the public O2O code's: the entropy's sign is flipped, so at its
     # target 0 alpha falls while entropy is below target
     alpha_loss: Literal[ALPHA_LOSSES] = "standard"
+    # flow matching on every action of a chunk (none), or not on the tail past a terminal that cut the chunk short,
+    # which repeats the last executed action (past_terminal, the public O2O code's valid mask)
+    flow_mask: Literal[FLOW_MASKS] = "none"
     max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
     # action chunking: H actions per decision; the policy and critic act on the H*A chunk, rewards are summed with
     # gamma^i inside it, and the critic bootstraps with gamma^H (the public offline-to-online code's option)

@@ -41,6 +41,9 @@ class Batch(NamedTuple):
     rewards: torch.Tensor  # [B]
     next_obs: torch.Tensor  # [B, S]
     terminals: torch.Tensor  # [B], 1 where the episode truly ended (no bootstrap)
+    # [B], env steps the decision executed: H = sac.chunk, fewer where a terminal cut the chunk (its tail repeats
+    # the last executed action); sac.flow_mask = past_terminal leaves that tail out of flow matching
+    steps: torch.Tensor
 
 
 def training_reward(reward: torch.Tensor | float, cfg: SACConfig) -> torch.Tensor | float:
@@ -142,6 +145,13 @@ def critic_loss(agent: SACAgent, batch: Batch) -> tuple[torch.Tensor, dict[str, 
     return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "target_mean": target.mean()}
 
 
+def executed_steps_mask(steps: torch.Tensor, chunk: int, act_dim: int) -> torch.Tensor:
+    """``[B, act_dim]`` weights: 1 on the actions of the ``steps [B]`` env steps a chunk of ``chunk`` actions
+    executed, 0 on the tail past a terminal (``act_dim = chunk * A``)."""
+    executed = torch.arange(chunk, device=steps.device)[None, :] < steps[:, None]  # [B, H]
+    return executed.repeat_interleave(act_dim // chunk, dim=1).float()
+
+
 def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: float = 1.0,
                flow_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``q_weight * mean[alpha log pi - Q] + bc_weight * mean||a~ - a_data||^2 + flow_weight * flow-matching``.
@@ -155,7 +165,10 @@ def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: 
     if flow_weight > 0:
         # flow matching evaluates the velocity at interpolated points and random t, off the rollout's grid: an actor
         # with BatchRenorm layers normalizes them with its running statistics and must not move them
-        flow = agent.actor.bc_loss(obs, batch.actions)
+        mask = executed_steps_mask(batch.steps, agent.cfg.chunk, agent.act_dim) \
+            if agent.cfg.flow_mask == "past_terminal" else None
+        flow = agent.actor.bc_loss(obs, batch.actions) if mask is None else agent.actor.bc_loss(obs, batch.actions,
+                                                                                               mask=mask)
         loss = loss + flow_weight * flow
         info["flow_loss"] = flow.detach()
     with batch_statistics(agent.actor):  # CrossQ's actor: its BatchRenorm layers read batch statistics here only

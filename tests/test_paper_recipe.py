@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import ConfigError, PretrainConfig, load_config
 from pipeline.lightning.offline import pretrain_update
-from pipeline.sac import alpha_loss
+from pipeline.sac import Batch, actor_loss, alpha_loss, executed_steps_mask
 from pipeline.update import SACUpdater, make_optimizers
 from conftest import random_batch, tiny_agent
 
@@ -117,6 +117,57 @@ def test_unknown_recipe_values_are_refused_naming_the_key(key: str, value: str) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# sac.flow_mask
+
+
+def chunked_agent(flow_mask: str) -> torch.nn.Module:
+    """A tiny Flow-G agent deciding chunks of 3 two-dimensional actions (act_dim 6)."""
+    from pipeline.config import CriticConfig, PolicyConfig, SACConfig
+    from pipeline.sac import SACAgent
+
+    torch.manual_seed(0)
+    return SACAgent(3, 6, PolicyConfig(kind="flow_g", hidden=16), CriticConfig(hidden=16),
+                    SACConfig(chunk=3, flow_mask=flow_mask))
+
+
+def chunked_batch(steps: list[float]) -> Batch:
+    g = torch.Generator().manual_seed(4)
+    n = len(steps)
+    return Batch(torch.randn(n, 3, generator=g), torch.rand(n, 6, generator=g) * 1.8 - 0.9, torch.randn(n, generator=g),
+                 torch.randn(n, 3, generator=g), torch.tensor([float(s < 3) for s in steps]), torch.tensor(steps, dtype=torch.float32))
+
+
+def flow_loss_of(agent: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    torch.manual_seed(9)
+    return actor_loss(agent, batch, q_weight=0.0, flow_weight=1.0)[1]["flow_loss"]
+
+
+def test_flow_mask_leaves_the_actions_past_a_terminal_out_of_flow_matching() -> None:
+    agent = chunked_agent("past_terminal")
+    batch = chunked_batch([3, 1, 2, 3])
+    obs = agent.normalize(batch.obs)
+    weights = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]],
+                           dtype=torch.float32)
+    torch.testing.assert_close(executed_steps_mask(batch.steps, 3, 6), weights, rtol=0, atol=0)
+    torch.manual_seed(9)
+    expected = agent.actor.bc_loss(obs, batch.actions, mask=weights)
+    torch.testing.assert_close(flow_loss_of(agent, batch), expected, rtol=0, atol=0)
+    # the same draw unmasked: the tail's errors are what the mask takes out
+    torch.manual_seed(9)
+    unmasked = agent.actor.bc_loss(obs, batch.actions)
+    assert flow_loss_of(chunked_agent("none"), batch) == unmasked > expected
+
+
+def test_flow_mask_changes_nothing_on_whole_chunks_and_none_ignores_the_steps() -> None:
+    whole = chunked_batch([3, 3, 3, 3])
+    cut = whole._replace(steps=torch.tensor([1.0, 2.0, 3.0, 1.0]))
+    loss = flow_loss_of(chunked_agent("none"), whole)
+    assert flow_loss_of(chunked_agent("past_terminal"), whole) == loss
+    assert flow_loss_of(chunked_agent("none"), cut) == loss
+    assert flow_loss_of(chunked_agent("past_terminal"), cut) != loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The <task>_paper_<kind> presets: the public code's settings (offline-to-online/main_action_reg_three_phase.py
 # flags, agents/acfql_transformer_ablation_online_sac.py get_config, envs/robomimic_utils.py)
 
@@ -126,7 +177,7 @@ OFFICIAL = {
     "sac.gamma": 0.99, "sac.tau": 0.005, "sac.actor_lr": 3e-4, "sac.critic_lr": 3e-4, "sac.alpha_lr": 3e-4,
     "sac.init_alpha": 0.2, "sac.learn_alpha": True, "sac.alpha_loss": "paper_code", "sac.target_entropy": 0.0,
     "sac.batch_size": 256, "sac.utd": 1, "sac.actor_noise_std": 0.05, "sac.act_noise_std": 0.02,
-    "sac.reward_shift": -1.0, "sac.q_agg": "mean", "sac.chunk": 5,
+    "sac.reward_shift": -1.0, "sac.q_agg": "mean", "sac.chunk": 5, "sac.flow_mask": "past_terminal",
     "pretrain.steps": 1_000_000, "pretrain.update": "sequential", "pretrain.dataset.filter_key": None,
     "pretrain.dataset.obs_keys": ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"],
     "pretrain.dataset.normalize_obs": False,
