@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.data.formats import FORMAT_NAMES, FORMATS
+from pipeline.data.robomimic_masks import MH_OPERATORS
 from pipeline.policies.kinds import (BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS, POLICY_KINDS,
                                      SIGMA_NETS, TANH_JACOBIAN_MODES, check_policy_options, policy_options)
 
@@ -60,6 +61,9 @@ class CollectConfig:
     env_id: str = "robosuite/Lift"  # env the data is collected on
     episodes: int = 30  # number of episodes to record
     noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5])  # scripted demos: action noise
+    # scripted demos by robomimic MH's operators (better_operator_1 ... worse_operator_2, pipeline.envs.scripted)
+    # in place of noise_levels, episode i by operators[i % n], written with MH's masks; None: noise_levels
+    operators: list[str] | None = None
     out: str = "datasets/lift_demos.hdf5"  # file (robomimic/d4rl) or Minari dataset id
     horizon: int | None = None  # episode step limit (None: the env's default)
     policy_run: str | None = None  # minari: a run dir (or checkpoint) whose agent acts; None: uniform random
@@ -352,6 +356,10 @@ def validate(cfg: Config) -> None:
             f"config key 'sac.update_mode' = 'cuda_graphs' with 'trainer.precision' = {cfg.trainer.precision!r} "
             "has not been tested (autocast inside a graph capture): use 'eager' or 'compile', or 32-true"
         )
+    if cfg.collect.operators is not None and (not cfg.collect.operators
+                                              or any(op not in MH_OPERATORS for op in cfg.collect.operators)):
+        raise ConfigError(f"config key 'collect.operators' = {cfg.collect.operators!r}: expected a non-empty list of "
+                          f"robomimic MH operators, each one of {list(MH_OPERATORS)}")
     if cfg.pretrain.update == "sequential" and (cfg.pretrain.flow_weight <= 0 or cfg.sac.policy_delay != 1):
         raise ConfigError(
             f"config key 'pretrain.update' = 'sequential' runs a flow-matching update, then a regularized-actor "
