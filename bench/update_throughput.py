@@ -48,7 +48,7 @@ def random_batch(batch: int, device: torch.device) -> Batch:
     return Batch(torch.randn(batch, OBS_DIM, generator=g).to(device),
                  (torch.rand(batch, ACT_DIM, generator=g) * 2 - 1).to(device),
                  torch.randn(batch, generator=g).to(device), torch.randn(batch, OBS_DIM, generator=g).to(device),
-                 torch.zeros(batch, device=device))
+                 torch.zeros(batch, device=device), torch.ones(batch, device=device))
 
 
 def updates_per_second(updater: SACUpdater, batch: Batch, repeats: int) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.sac import Batch
 
-_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminals")
+_FIELDS = ("obs", "actions", "rewards", "next_obs", "terminals", "steps")
 
 
 class ReplayBuffer:
@@ -27,18 +27,20 @@ class ReplayBuffer:
         if capacity < 1:
             raise ValueError(f"replay buffer capacity must be >= 1, got {capacity}")
         self.capacity, self.device = capacity, torch.device(device)
-        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,), "terminals": ()}
+        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,), "terminals": (),
+                  "steps": ()}
         self.data = {k: torch.zeros((capacity, *shapes[k]), dtype=torch.float32, device=self.device) for k in _FIELDS}
         self.ptr = 0  # next row to write
         self.size = 0  # rows filled
 
     @classmethod
     def holding(cls, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-                terminals: torch.Tensor, device: torch.device | str = "cpu") -> ReplayBuffer:
+                terminals: torch.Tensor, steps: torch.Tensor, device: torch.device | str = "cpu") -> ReplayBuffer:
         """A full buffer whose rows are these float32 tensors themselves (``obs [N, S]``, ``actions [N, A]``,
-        ``rewards [N]``, ``next_obs [N, S]``, ``terminals [N]``): no copy on their own device, so an offline dataset
-        and the buffer that serves it share one copy of the data."""
-        rows = dict(zip(_FIELDS, (obs, actions, rewards, next_obs, terminals)))
+        ``rewards [N]``, ``next_obs [N, S]``, ``terminals [N]``, ``steps [N]``, the env steps each row's decision
+        executed): no copy on their own device, so an offline dataset and the buffer that serves it share one copy
+        of the data."""
+        rows = dict(zip(_FIELDS, (obs, actions, rewards, next_obs, terminals, steps)))
         n = obs.shape[0]
         if any(r.shape[0] != n for r in rows.values()):
             raise ValueError(f"transition fields have different lengths: { {k: r.shape[0] for k, r in rows.items()} }")
@@ -51,9 +53,13 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminal: Any) -> None:
-        """Append one transition or a batch (leading dim) of them; arrays or tensors."""
-        values = dict(zip(_FIELDS, (obs, action, reward, next_obs, terminal)))
+    def add(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminal: Any, steps: Any = 1) -> None:
+        """Append one transition or a batch (leading dim) of them; arrays or tensors. ``steps``: the env steps each
+        decision executed (a scalar applies to every row)."""
+        n_rows = int(np.prod(np.shape(reward))) if np.ndim(reward) else 1
+        if np.ndim(steps) == 0 and not (torch.is_tensor(steps) and steps.dim() > 0):
+            steps = np.full(n_rows, float(steps), dtype=np.float32)
+        values = dict(zip(_FIELDS, (obs, action, reward, next_obs, terminal, steps)))
         rows = {k: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v, dtype=torch.float32)
                 .to(self.device).reshape(-1, *self.data[k].shape[1:]) for k, v in values.items()}
         n = rows["obs"].shape[0]
@@ -87,6 +93,10 @@ class ReplayBuffer:
             raise ValueError(f"replay buffer checkpoint has capacity {state['capacity']}, this run {self.capacity}")
         self.ptr, self.size = int(state["ptr"]), int(state["size"])
         for k in _FIELDS:
+            if k == "steps" and k not in state["data"]:
+                # checkpoints from before the column: whole decisions (the row's action width is >= its H steps)
+                self.data[k][: self.size] = float(self.data["actions"].shape[1])
+                continue
             self.data[k][: self.size] = state["data"][k].to(self.device)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.data.formats import FORMAT_NAMES, FORMATS
+from pipeline.data.robomimic_masks import MH_OPERATORS
 from pipeline.policies.kinds import (BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS, POLICY_KINDS,
                                      SIGMA_NETS, TANH_JACOBIAN_MODES, check_policy_options, policy_options)
 
@@ -30,6 +31,9 @@ Precision = Literal["32-true", "bf16-mixed"]  # trainer.precision, Lightning's n
 # trainer.logger: where a training stage's metric rows go through Lightning's logger interface (pipeline.tracking's
 # LOGGERS table holds how each is made; tests/test_tracking.py checks the two agree)
 TrackingLogger = Literal["dvclive", "tensorboard", "csv", "none"]
+ALPHA_LOSSES = ("standard", "paper_code")  # sac.alpha_loss (pipeline.sac.alpha_loss)
+PRETRAIN_UPDATES = ("joint", "sequential")  # pretrain.update (pipeline.lightning.offline.pretrain_update)
+FLOW_MASKS = ("none", "past_terminal")  # sac.flow_mask (pipeline.sac.executed_steps_mask)
 VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
@@ -60,6 +64,9 @@ class CollectConfig:
     env_id: str = "robosuite/Lift"  # env the data is collected on
     episodes: int = 30  # number of episodes to record
     noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5])  # scripted demos: action noise
+    # scripted demos by robomimic MH's operators (better_operator_1 ... worse_operator_2, pipeline.envs.scripted)
+    # in place of noise_levels, episode i by operators[i % n], written with MH's masks; None: noise_levels
+    operators: list[str] | None = None
     out: str = "datasets/lift_demos.hdf5"  # file (robomimic/d4rl) or Minari dataset id
     horizon: int | None = None  # episode step limit (None: the env's default)
     policy_run: str | None = None  # minari: a run dir (or checkpoint) whose agent acts; None: uniform random
@@ -141,6 +148,13 @@ class SACConfig:
     reward_scale: float = 1.0  # training rewards are r * scale + shift, for dataset and env alike
     reward_shift: float = 0.0  # -1 turns sparse 0/1 success rewards into -1/0
     q_agg: Literal["min", "mean"] = "min"  # ensemble reduction in targets and actor loss (public O2O code: mean)
+    # temperature loss: standard, -log(alpha) (log pi + target_entropy), raises alpha while entropy is below target;
+    # paper_code, alpha (log pi - target_entropy), the public O2O code's: the entropy's sign is flipped, so at its
+    # target 0 alpha falls while entropy is below target
+    alpha_loss: Literal[ALPHA_LOSSES] = "standard"
+    # flow matching on every action of a chunk (none), or not on the tail past a terminal that cut the chunk short,
+    # which repeats the last executed action (past_terminal, the public O2O code's valid mask)
+    flow_mask: Literal[FLOW_MASKS] = "none"
     max_nonfinite: int = 10  # consecutive non-finite updates tolerated before the run stops
     # action chunking: H actions per decision; the policy and critic act on the H*A chunk, rewards are summed with
     # gamma^i inside it, and the critic bootstraps with gamma^H (the public offline-to-online code's option)
@@ -188,6 +202,9 @@ class PretrainConfig:
     log_every: int = 100  # steps between metric rows
     checkpoint_every: int = 500  # steps between checkpoints
     bc_weight: float | None = None  # lambda_bc during pretraining (None: sac.bc_weight)
+    # joint: one update per batch with every actor term; sequential: the public O2O code's two updates per batch,
+    # critic + flow-matching BC, then critic + the q_weight / bc_weight terms (each with its own critic step)
+    update: Literal[PRETRAIN_UPDATES] = "joint"
 
 
 @dataclass
@@ -345,6 +362,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'sac.update_mode' = 'cuda_graphs' with 'trainer.precision' = {cfg.trainer.precision!r} "
             "has not been tested (autocast inside a graph capture): use 'eager' or 'compile', or 32-true"
+        )
+    if cfg.collect.operators is not None and (not cfg.collect.operators
+                                              or any(op not in MH_OPERATORS for op in cfg.collect.operators)):
+        raise ConfigError(f"config key 'collect.operators' = {cfg.collect.operators!r}: expected a non-empty list of "
+                          f"robomimic MH operators, each one of {list(MH_OPERATORS)}")
+    if cfg.pretrain.update == "sequential" and (cfg.pretrain.flow_weight <= 0 or cfg.sac.policy_delay != 1):
+        raise ConfigError(
+            f"config key 'pretrain.update' = 'sequential' runs a flow-matching update, then a regularized-actor "
+            f"update, on each batch: it needs 'pretrain.flow_weight' > 0 (got {cfg.pretrain.flow_weight}) and "
+            f"'sac.policy_delay' = 1 (got {cfg.sac.policy_delay}), or the actor would skip one of them"
         )
     if cfg.policy.noise == "learned" and (cfg.sac.actor_noise_std is not None or cfg.sac.act_noise_std is not None):
         raise ConfigError(

@@ -189,7 +189,8 @@ class OnlineRunner:
         if ended.size:
             self.sampler.online.add(np.stack([self.decisions[i][0] for i in ended]),
                                     np.stack([self.decisions[i][1] for i in ended]),
-                                    self.chunk_reward[ended], next_obs[ended], terminated[ended])
+                                    self.chunk_reward[ended], next_obs[ended], terminated[ended],
+                                    self.chunk_steps[ended].astype(np.float32))
         for i in np.flatnonzero(done):
             self.queues[i] = []
         self.ep_return += reward

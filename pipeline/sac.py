@@ -6,7 +6,7 @@ What one update computes (how it executes, eagerly, compiled or as CUDA graphs, 
              (H = sac.chunk actions per decision; 1 unless action chunking is on)
              L_Q = sum_k mean_B (Q_k(s, a) - y)^2
     actor:   L_pi = mean_B [alpha log pi(a~|s) - agg_k Q_k(s, a~)] + lambda_bc mean ||a~ - a_data||^2
-    alpha:   L_alpha = -log_alpha * mean_B (log pi(a~|s) + target_entropy)
+    alpha:   L_alpha = -log_alpha * mean_B (log pi(a~|s) + target_entropy)     (sac.alpha_loss: standard)
 
 Time-limit truncation is not a terminal: only ``terminals`` cut the bootstrap.
 """
@@ -41,6 +41,9 @@ class Batch(NamedTuple):
     rewards: torch.Tensor  # [B]
     next_obs: torch.Tensor  # [B, S]
     terminals: torch.Tensor  # [B], 1 where the episode truly ended (no bootstrap)
+    # [B], env steps the decision executed: H = sac.chunk, fewer where a terminal cut the chunk (its tail repeats
+    # the last executed action); sac.flow_mask = past_terminal leaves that tail out of flow matching
+    steps: torch.Tensor
 
 
 def training_reward(reward: torch.Tensor | float, cfg: SACConfig) -> torch.Tensor | float:
@@ -142,6 +145,13 @@ def critic_loss(agent: SACAgent, batch: Batch) -> tuple[torch.Tensor, dict[str, 
     return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "target_mean": target.mean()}
 
 
+def executed_steps_mask(steps: torch.Tensor, chunk: int, act_dim: int) -> torch.Tensor:
+    """``[B, act_dim]`` weights: 1 on the actions of the ``steps [B]`` env steps a chunk of ``chunk`` actions
+    executed, 0 on the tail past a terminal (``act_dim = chunk * A``)."""
+    executed = torch.arange(chunk, device=steps.device)[None, :] < steps[:, None]  # [B, H]
+    return executed.repeat_interleave(act_dim // chunk, dim=1).float()
+
+
 def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: float = 1.0,
                flow_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``q_weight * mean[alpha log pi - Q] + bc_weight * mean||a~ - a_data||^2 + flow_weight * flow-matching``.
@@ -155,7 +165,10 @@ def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: 
     if flow_weight > 0:
         # flow matching evaluates the velocity at interpolated points and random t, off the rollout's grid: an actor
         # with BatchRenorm layers normalizes them with its running statistics and must not move them
-        flow = agent.actor.bc_loss(obs, batch.actions)
+        mask = executed_steps_mask(batch.steps, agent.cfg.chunk, agent.act_dim) \
+            if agent.cfg.flow_mask == "past_terminal" else None
+        flow = agent.actor.bc_loss(obs, batch.actions) if mask is None else agent.actor.bc_loss(obs, batch.actions,
+                                                                                               mask=mask)
         loss = loss + flow_weight * flow
         info["flow_loss"] = flow.detach()
     with batch_statistics(agent.actor):  # CrossQ's actor: its BatchRenorm layers read batch statistics here only
@@ -190,4 +203,14 @@ def _policy_terms(agent: SACAgent, obs: torch.Tensor, batch: Batch, bc_weight: f
 
 
 def alpha_loss(agent: SACAgent, log_prob: torch.Tensor) -> torch.Tensor:
+    """The temperature loss for the actor sample's ``log_prob [B]`` (detached here), by ``sac.alpha_loss``.
+
+    ``standard``: ``-log alpha * mean(log pi + target_entropy)``, which raises alpha while the entropy
+    ``-log pi`` is below its target. ``paper_code``: ``alpha * (mean log pi - target_entropy)``, the public
+    offline-to-online code's (``alpha_loss`` / ``update_alpha`` in its ``agents/acfql_*_ablation_online_sac.py``),
+    ``alpha * (-entropy - target)``, in which the entropy enters with the opposite sign: at its target entropy 0
+    it lowers alpha while the entropy is below the target, and raises it above.
+    """
+    if agent.cfg.alpha_loss == "paper_code":
+        return agent.alpha * (log_prob.detach().mean() - agent.target_entropy)
     return -(agent.log_alpha * (log_prob.detach() + agent.target_entropy)).mean()

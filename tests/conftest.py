@@ -51,6 +51,7 @@ def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch
         "rewards": torch.randn(batch, generator=g),
         "next_obs": torch.randn(batch, OBS_DIM, generator=g),
         "terminals": torch.zeros(batch),
+        "steps": torch.ones(batch),
     }
     cols.update(fields)
     return Batch(**cols)

@@ -146,7 +146,7 @@ def test_seeded_writes_offline_rows_once_then_samples_uniformly() -> None:
 def test_offline_data_are_held_once() -> None:
     """A buffer made from a dataset's tensors serves those tensors themselves; a seeded sampler lets the offline
     buffer go once the online buffer holds its rows."""
-    fields = tuple(t.clone() for t in rows(-40, 40))
+    fields = (*(t.clone() for t in rows(-40, 40)), torch.ones(40))
     offline = ReplayBuffer.holding(*fields)
     assert len(offline) == offline.capacity == 40
     assert all(offline.data[k].data_ptr() == t.data_ptr() for k, t in zip(offline.data, fields))

@@ -44,6 +44,8 @@ def test_chunks_by_hand() -> None:
     assert ds.next_observations[:, 0].tolist() == [101, 102, 103, 104, 104, 106, 107, 108]
     assert ds.episode_ends.tolist() == [5, 8] and ds.timeouts.tolist() == [0, 0, 0, 0, 0, 0, 0, 1]
     assert ds.meta["action_chunk"] == 2
+    # the env steps each decision executed: t = 4 stops at the terminal after one step
+    assert ds.chunk_steps.tolist() == [2, 2, 2, 2, 1, 2, 2, 2]
 
 
 def test_chunk_of_one_is_the_dataset_itself() -> None:
@@ -131,3 +133,5 @@ def test_dataset_and_online_chunks_of_the_same_episodes_have_the_same_rewards(tm
     torch.testing.assert_close(chunks.actions[index][whole], stored["actions"][whole], rtol=0, atol=0)
     torch.testing.assert_close(chunks.terminals[index], stored["terminals"], rtol=0, atol=0)
     torch.testing.assert_close(chunks.rewards[index], stored["rewards"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunks.chunk_steps[index], stored["steps"], rtol=0, atol=0)
+    assert bool((stored["steps"][~whole] < cfg.sac.chunk).any())  # some decision was cut by a terminal

@@ -95,6 +95,7 @@ def collect_robosuite_demos(
     horizon: int | None = None,
     keep_failures: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    operators: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Record scripted demonstrations of robosuite ``task`` at several action-noise levels into a robomimic file.
 
@@ -112,10 +113,14 @@ def collect_robosuite_demos(
         horizon: episode step limit (default: the task's default, see ``pipeline.envs.DEFAULT_HORIZONS``).
         keep_failures: keep episodes that did not succeed.
         progress: called as ``progress(episodes_written, n_episodes)`` after each recorded episode.
+        operators: scripted operators (names in :data:`pipeline.envs.scripted.OPERATORS`, robomimic MH's) in place
+            of ``noise_levels``: episode ``i`` is recorded by ``operators[i % len(operators)]``, and the file gets
+            robomimic MH's masks (per operator, proficiency, union of two; each also ``_train`` / ``_valid``).
 
     Returns:
         ``{"path", "task", "episodes", "successes", "steps", "seconds", "attempts", "env_errors",
-        "per_noise": {noise: {"episodes", "successes"}}}``.
+        "per_noise": {noise: {"episodes", "successes"}}}``; with ``operators``, ``"per_operator"`` in place of
+        ``"per_noise"`` (each also with ``"steps"``).
     """
     from pipeline.envs import make_env
     from pipeline.envs.scripted import make_scripted_policy
@@ -125,12 +130,26 @@ def collect_robosuite_demos(
     levels = [float(x) for x in noise_levels]
     if not levels or not all(math.isfinite(x) and x >= 0 for x in levels):
         raise ValueError(f"noise_levels: expected a non-empty list of finite values >= 0, got {list(noise_levels)}")
+    if operators is not None:
+        from pipeline.envs.scripted import OPERATORS
+
+        unknown = [op for op in operators if op not in OPERATORS]
+        if not operators or unknown:
+            raise ValueError(f"operators: expected a non-empty list of names in {list(OPERATORS)}, got "
+                             f"{list(operators)}")
     start = time.perf_counter()
     options: dict[str, Any] = {} if horizon is None else {"horizon": horizon}
     env = make_env(f"robosuite/{task}", seed=seed, **options)
     rng = np.random.default_rng(seed)
-    policies = {lv: make_scripted_policy(task, noise_std=lv, rng=rng) for lv in levels}
-    per_noise = {lv: {"episodes": 0, "successes": 0} for lv in levels}
+    # who records each episode: a noise level of the clean script, or an operator
+    who: list[Any] = list(operators) if operators is not None else levels
+    if operators is not None:
+        policies = {op: make_scripted_policy(task, rng=rng, operator=op) for op in dict.fromkeys(operators)}
+    else:
+        policies = {lv: make_scripted_policy(task, noise_std=lv, rng=rng) for lv in levels}
+    per_noise = {lv: {"episodes": 0, "successes": 0, "steps": 0} if operators is not None
+                 else {"episodes": 0, "successes": 0} for lv in dict.fromkeys(who)}
+    recorded_by: list[Any] = []
     episodes: list[Episode] = []
     attempts = env_errors = 0
     max_failed_runs = 20 * n_episodes  # runs that end up discarded (simulator failure, or failure not kept)
@@ -141,7 +160,7 @@ def collect_robosuite_demos(
                     f"collect_robosuite_demos({task!r}): only {len(episodes)} of {n_episodes} episodes kept after "
                     f"{attempts} attempts ({env_errors} simulator failures); raise the horizon or lower the noise"
                 )
-            level = levels[len(episodes) % len(levels)]
+            level = who[len(episodes) % len(who)]
             attempts += 1
             env.reset()
             episode, result = run_scripted_episode(env, policies[level])
@@ -150,13 +169,20 @@ def collect_robosuite_demos(
                 continue
             if not result["success"] and not keep_failures:
                 continue
-            episode.attrs = {"success": int(result["success"]), "noise_std": level}
+            if operators is not None:
+                episode.attrs = {"success": int(result["success"]), "operator": level,
+                                 "noise_std": policies[level].noise_std}
+                per_noise[level]["steps"] += len(episode)
+            else:
+                episode.attrs = {"success": int(result["success"]), "noise_std": level}
             episodes.append(episode)
+            recorded_by.append(level)
             per_noise[level]["episodes"] += 1
             per_noise[level]["successes"] += int(result["success"])
             if progress is not None:
                 progress(len(episodes), n_episodes)
-        write_robomimic(path, episodes, env.env_args, seed=seed)
+        write_robomimic(path, episodes, env.env_args, seed=seed,
+                        operators=recorded_by if operators is not None else None)
     finally:
         env.close()
     return {
@@ -168,7 +194,7 @@ def collect_robosuite_demos(
         "seconds": time.perf_counter() - start,
         "attempts": attempts,
         "env_errors": env_errors,
-        "per_noise": per_noise,
+        "per_operator" if operators is not None else "per_noise": per_noise,
     }
 
 

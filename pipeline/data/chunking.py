@@ -24,7 +24,7 @@ def chunk_transitions(ds: TransitionDataset, horizon: int, gamma: float) -> Tran
     if horizon == 1:
         return ds
     starts, ends = ds.episode_starts().tolist(), ds.episode_ends.tolist()
-    obs, acts, rews, nexts, terms, new_ends = [], [], [], [], [], []
+    obs, acts, rews, nexts, terms, steps_done, new_ends = [], [], [], [], [], [], []
     offsets = torch.arange(horizon, device=ds.device)
     discounts = gamma ** offsets.float()
     for s, e in zip(starts, ends):
@@ -41,6 +41,7 @@ def chunk_transitions(ds: TransitionDataset, horizon: int, gamma: float) -> Tran
         rews.append((ds.rewards[idx] * discounts * inside).sum(dim=1))
         nexts.append(ds.next_observations[idx[:, -1]])
         terms.append(((t + horizon) >= e) & ended)
+        steps_done.append(inside.sum(dim=1).float())
         new_ends.append(len(t))
     if not obs:
         raise ValueError(f"no episode of {ds.meta.get('source')} is long enough for chunks of {horizon} actions")
@@ -52,4 +53,5 @@ def chunk_transitions(ds: TransitionDataset, horizon: int, gamma: float) -> Tran
         ds, observations=torch.cat(obs), actions=torch.cat(acts), rewards=torch.cat(rews),
         next_observations=torch.cat(nexts), terminals=terminals, timeouts=timeouts,
         episode_ends=episode_ends.to(ds.device), meta={**ds.meta, "action_chunk": horizon},
+        chunk_steps=torch.cat(steps_done),
     )

@@ -76,6 +76,8 @@ class TransitionDataset:
     episode_ends: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     normalization: NormalizationStats | None = None
+    # [N] env steps each row's decision executed, set by pipeline.data.chunking (None: one step per row, unchunked)
+    chunk_steps: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.meta, dict):
@@ -172,6 +174,8 @@ class TransitionDataset:
         """A copy with every tensor (and the normalization statistics) on ``device``."""
         moved = {name: getattr(self, name).to(device) for name in _TENSOR_FIELDS}
         assert self.episode_ends is not None
+        if self.chunk_steps is not None:
+            moved["chunk_steps"] = self.chunk_steps.to(device)
         return dataclasses.replace(self, **moved, episode_ends=self.episode_ends.to(device),
                                    meta=dict(self.meta),
                                    normalization=None if self.normalization is None

@@ -96,6 +96,7 @@ def write_robomimic(
     val_ratio: float = 0.1,
     seed: int = 0,
     compression: str | None = None,
+    operators: Sequence[str] | None = None,
 ) -> Path:
     """Write ``episodes`` as a robomimic HDF5 file at ``path`` (atomically); returns the path.
 
@@ -106,6 +107,9 @@ def write_robomimic(
         val_ratio: fraction of demos listed in ``mask/valid`` (the rest in ``mask/train``).
         seed: seed of the train/valid split.
         compression: h5py compression for obs datasets (robomimic uses ``"gzip"`` optionally), or None.
+        operators: the MH operator of each episode (``better_operator_1`` ...): adds robomimic MH's masks
+            (:func:`pipeline.data.robomimic_masks.mh_masks`: per operator, proficiency and union of two, each also
+            ``_train`` / ``_valid``).
     """
     import h5py
 
@@ -128,6 +132,15 @@ def write_robomimic(
     train = [n for n in names if n not in set(valid)]
     labelled = all("success" in ep.attrs for ep in episodes)
     successful = [n for n, ep in zip(names, episodes) if labelled and int(ep.attrs["success"]) == 1]
+    extra: dict[str, list[str]] = {}
+    if operators is not None:
+        from pipeline.data.robomimic_masks import mh_masks
+
+        if len(operators) != len(episodes):
+            raise ValueError(f"operators: expected one per episode ({len(episodes)}), got {len(operators)}")
+        index = {n: i for i, n in enumerate(names)}
+        masks = mh_masks(list(operators), [index[n] for n in train], [index[n] for n in valid])
+        extra = {k: [names[i] for i in v] for k, v in masks.items()}
 
     path = Path(path)
 
@@ -157,6 +170,8 @@ def write_robomimic(
             f.create_dataset("mask/valid", data=np.array(valid, dtype="S"))
             if successful:
                 f.create_dataset("mask/successful", data=np.array(successful, dtype="S"))
+            for k, demos in extra.items():
+                f.create_dataset(f"mask/{k}", data=np.array(demos, dtype="S"))
 
     atomic_write(path, write)
     return path

@@ -6,6 +6,9 @@ with any ``obs_keys``. Actions are 7-d in [-1, 1]: a position delta (1.0 = 5 cm 
 at 0: both objects grasp at any yaw), and the gripper command (-1 open, +1 close). Gaussian noise of std
 ``noise_std`` is added to every action dimension before clipping, which gives demonstrations of mixed quality.
 
+An :class:`Operator` (:data:`OPERATORS`, named as robomimic's multi-human operators) makes the script behave like a
+person of one proficiency: slower moves, pauses, letting go after a grasp to grasp again, and path noise.
+
 Usage::
 
     policy = make_scripted_policy("Lift", noise_std=0.1, rng=0)
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.data.robomimic_masks import MH_OPERATORS
 from pipeline.envs.robosuite_env import RobosuiteEnv
 
 GRIPPER_OPEN = -1.0
@@ -31,23 +36,56 @@ _ACT_DIM = 7
 _GAIN = 10.0
 
 
+@dataclass(frozen=True)
+class Operator:
+    """How one scripted operator departs from the clean script, the ways people of different proficiency do."""
+
+    speed: float  # scale on every position command: a slower operator takes more steps for each move
+    noise_std: float  # path noise: N(0, noise_std^2) on every action dimension
+    pause_prob: float  # per-step chance to start hesitating: no motion, gripper held, the script waits
+    pause_steps: int  # steps one hesitation lasts
+    regrasp_prob: float  # chance, at each completed grasp, to let go and grasp again
+
+
+# robomimic MH's six operators, two per proficiency (pipeline.data.robomimic_masks). The settings are ours: the
+# better ones move at full speed and seldom hesitate, the worse ones at under half speed with pauses, re-grasps
+# and a noisy path that fails some episodes (kept in the file, as people's failed attempts would be).
+OPERATORS: dict[str, Operator] = {
+    "better_operator_1": Operator(speed=1.0, noise_std=0.02, pause_prob=0.0, pause_steps=0, regrasp_prob=0.0),
+    "better_operator_2": Operator(speed=0.9, noise_std=0.05, pause_prob=0.005, pause_steps=3, regrasp_prob=0.05),
+    "okay_operator_1": Operator(speed=0.7, noise_std=0.1, pause_prob=0.01, pause_steps=5, regrasp_prob=0.2),
+    "okay_operator_2": Operator(speed=0.6, noise_std=0.15, pause_prob=0.02, pause_steps=6, regrasp_prob=0.25),
+    "worse_operator_1": Operator(speed=0.45, noise_std=0.25, pause_prob=0.03, pause_steps=8, regrasp_prob=0.4),
+    "worse_operator_2": Operator(speed=0.4, noise_std=0.3, pause_prob=0.04, pause_steps=10, regrasp_prob=0.5),
+}
+assert tuple(OPERATORS) == MH_OPERATORS
+
+
 class ScriptedPolicy(ABC):
     """Base class: a waypoint state machine plus Gaussian action noise.
 
     Args:
         noise_std: std of the N(0, noise_std^2) noise added to each action dimension (then clipped to [-1, 1]).
         rng: seed or ``numpy.random.Generator`` for the noise.
+        operator: an :class:`Operator` whose speed, pauses and re-grasps the script takes on (its ``noise_std``
+            replaces ``noise_std``); None: the clean script.
     """
 
     task: str = ""
 
-    def __init__(self, noise_std: float = 0.0, rng: int | np.random.Generator | None = None) -> None:
+    def __init__(self, noise_std: float = 0.0, rng: int | np.random.Generator | None = None,
+                 operator: Operator | None = None) -> None:
+        if operator is not None:
+            noise_std = operator.noise_std
         if not np.isfinite(noise_std) or noise_std < 0:
             raise ValueError(f"noise_std: expected a finite value >= 0, got {noise_std!r}")
         self.noise_std = float(noise_std)
+        self.operator = operator
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.phase = "start"
         self.phase_steps = 0
+        self.pause_left = 0
+        self.gripper = GRIPPER_OPEN  # the last gripper command, held through a pause
 
     def reset(self, env: RobosuiteEnv) -> None:
         """Start a new episode on ``env`` (already reset); reads task constants such as the goal bin."""
@@ -55,6 +93,8 @@ class ScriptedPolicy(ABC):
             raise ValueError(f"{type(self).__name__} drives robosuite task {self.task!r}, got env task {env.task!r}")
         self.phase = "start"
         self.phase_steps = 0
+        self.pause_left = 0
+        self.gripper = GRIPPER_OPEN
 
     def _goto(self, phase: str) -> None:
         self.phase = phase
@@ -73,8 +113,25 @@ class ScriptedPolicy(ABC):
 
     def __call__(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Action ``float32[7]`` in [-1, 1] for robosuite obs dict ``obs`` (noise added, then clipped)."""
-        action = self.clean_action(obs)
-        self.phase_steps += 1
+        op = self.operator
+        if op is not None and self.pause_left == 0 and op.pause_prob > 0 and self.rng.random() < op.pause_prob:
+            self.pause_left = op.pause_steps
+        if self.pause_left > 0:  # hesitating: no motion, the gripper as it was, the script does not advance
+            self.pause_left -= 1
+            action = np.zeros(_ACT_DIM)
+            action[6] = self.gripper
+        else:
+            before = self.phase
+            action = self.clean_action(obs)
+            self.phase_steps += 1
+            if op is not None:
+                action[:3] *= op.speed
+                # a grasp just completed (the close phase handed over to lifting): let go and grasp again
+                if before == "close" and self.phase == "lift" and op.regrasp_prob > 0 \
+                        and self.rng.random() < op.regrasp_prob:
+                    self._goto("hover")
+                    action[6] = GRIPPER_OPEN
+        self.gripper = float(action[6])
         if self.noise_std > 0:
             action = action + self.rng.normal(0.0, self.noise_std, size=action.shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -190,9 +247,13 @@ SCRIPTED_POLICIES: dict[str, type[ScriptedPolicy]] = {"Lift": LiftPolicy, "PickP
 
 
 def make_scripted_policy(
-    task: str, noise_std: float = 0.0, rng: int | np.random.Generator | None = None
+    task: str, noise_std: float = 0.0, rng: int | np.random.Generator | None = None, operator: str | None = None
 ) -> ScriptedPolicy:
-    """Scripted demonstrator for robosuite ``task`` (``"Lift"`` or ``"PickPlaceCan"``)."""
+    """Scripted demonstrator for robosuite ``task`` (``"Lift"`` or ``"PickPlaceCan"``), as the clean script with
+    action noise ``noise_std`` or as ``operator`` (a name in :data:`OPERATORS`)."""
     if task not in SCRIPTED_POLICIES:
         raise ValueError(f"no scripted demonstrator for robosuite task {task!r}; have {sorted(SCRIPTED_POLICIES)}")
-    return SCRIPTED_POLICIES[task](noise_std=noise_std, rng=rng)
+    if operator is not None and operator not in OPERATORS:
+        raise ValueError(f"operator {operator!r}: expected one of {list(OPERATORS)}")
+    return SCRIPTED_POLICIES[task](noise_std=noise_std, rng=rng,
+                                   operator=OPERATORS[operator] if operator is not None else None)

@@ -42,5 +42,6 @@ class SACModule(L.LightningModule):
     def buffer_of(self, data: Any) -> ReplayBuffer:
         """A buffer that serves ``data``'s own tensors (training transitions: observations, actions, rewards,
         next observations, terminals) on this module's device, without a copy on the same device."""
+        steps = data.chunk_steps if data.chunk_steps is not None else torch.ones_like(data.rewards)
         return ReplayBuffer.holding(data.observations, data.actions, data.rewards, data.next_observations,
-                                    data.terminals, self.device)
+                                    data.terminals, steps, self.device)

@@ -10,12 +10,14 @@ import torch
 
 from pipeline import preemption
 from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
-from pipeline.config import Config
+from pipeline.config import Config, PretrainConfig
 from pipeline.distributed import all_gather_objects
 from pipeline.lightning.base import SACModule
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
+from pipeline.sac import Batch
 from pipeline.tracking import MetricLog
+from pipeline.update import SACUpdater
 
 PRETRAIN_COLUMNS = [
     "step", "flow_loss", "critic_loss", "q_mean", "actor_q", "actor_loss", "bc_mse", "entropy", "action_saturation",
@@ -23,8 +25,25 @@ PRETRAIN_COLUMNS = [
 ]
 
 
+def pretrain_update(updater: SACUpdater, batch: Batch, pt: PretrainConfig, bc_weight: float) -> dict[str, Any]:
+    """What pretraining does with one batch, by ``pretrain.update``; returns the updates' metrics.
+
+    ``joint``: one update whose actor loss holds every term (flow matching, ``q_weight`` and ``bc_weight``).
+    ``sequential`` (the public offline-to-online code's ``agent.update(batch)`` then ``agent.online_update(batch)``):
+    a critic step with a flow-matching-only actor step, then a second critic step with the ``q_weight`` /
+    ``bc_weight`` actor step, both on the same batch; the metrics are the second update's, plus the first's
+    ``flow_loss``.
+    """
+    weights = dict(train_critic=pt.train_critic)
+    if pt.update == "joint":
+        return updater.update(batch, bc_weight=bc_weight, q_weight=pt.q_weight, flow_weight=pt.flow_weight, **weights)
+    flow = updater.update(batch, bc_weight=0.0, q_weight=0.0, flow_weight=pt.flow_weight, **weights)
+    flow = {"flow_loss": flow["flow_loss"]} if "flow_loss" in flow else {}
+    return {**flow, **updater.update(batch, bc_weight=bc_weight, q_weight=pt.q_weight, flow_weight=0.0, **weights)}
+
+
 class OfflinePretrain(SACModule):
-    """One ``training_step`` = one update on a batch drawn uniformly from ``dataset``, the training transitions
+    """One ``training_step`` = one batch drawn uniformly from ``dataset`` and its update(s) (:func:`pretrain_update`), the training transitions
     (:func:`pipeline.workflow.common.training_transitions`: rewards as SAC trains on them, chunked), whose tensors the
     buffer serves without a copy.
 
@@ -69,8 +88,7 @@ class OfflinePretrain(SACModule):
     def training_step(self, step: int, batch_idx: int) -> None:
         pt = self.cfg.pretrain
         bc_weight = self.cfg.sac.bc_weight if pt.bc_weight is None else pt.bc_weight
-        info = self.updater.update(self.buffer.sample(self.cfg.sac.batch_size), bc_weight=bc_weight,
-                                   q_weight=pt.q_weight, flow_weight=pt.flow_weight, train_critic=pt.train_critic)
+        info = pretrain_update(self.updater, self.buffer.sample(self.cfg.sac.batch_size), pt, bc_weight)
         self.means.add(info)
         self.step_count += 1
         if self.step_count % pt.log_every == 0:

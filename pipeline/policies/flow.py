@@ -296,12 +296,14 @@ class FlowPolicy(nn.Module):
         """The point ``x1 [B,A]`` the flow is regressed onto for dataset ``actions [B,A]``."""
         return atanh_target(actions) if self.bc_target == "pretanh" else actions
 
-    def bc_loss(self, obs: Tensor, actions: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def bc_loss(self, obs: Tensor, actions: Tensor, generator: torch.Generator | None = None,
+                mask: Tensor | None = None) -> Tensor:
         """Rectified-flow BC loss for ``obs [B,S]``, dataset ``actions [B,A]`` in [-1, 1] -> scalar.
 
         ``‖v(t, (1−t)·a_0 + t·x1, s) − (x1 − a_0)‖²`` with ``t ~ U[0,1]``, ``a_0 ~ N(0, I)``, ``x1``
         from :meth:`bc_target_of`, averaged over batch and action dimensions (the public code's
-        scaling, so its loss weights carry over).
+        scaling, so its loss weights carry over). ``mask [B,A]`` (0/1) zeroes the error of action dimensions
+        that must not be imitated; the mean still runs over all ``B·A`` entries, as the public code's.
         """
         self._check_obs(obs)
         if actions.shape != (obs.shape[0], self.act_dim):
@@ -310,4 +312,5 @@ class FlowPolicy(nn.Module):
         a0 = torch.randn(x1.shape, dtype=x1.dtype, device=x1.device, generator=generator)
         t = torch.rand((x1.shape[0], 1), dtype=x1.dtype, device=x1.device, generator=generator)
         v, _ = self.velocity(self.velocity.encode(self.obs_norm(obs)), (1.0 - t) * a0 + t * x1, t)
-        return (v - (x1 - a0)).square().mean()
+        err = (v - (x1 - a0)).square()
+        return (err if mask is None else err * mask).mean()

@@ -53,7 +53,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
         with stage_progress("collect", c.episodes, 0, cfg.trainer.progress) as bar:
             stats = collect_robosuite_demos(c.env_id[len(ROBOSUITE_PREFIX):], c.out, c.episodes,
                                             noise_levels=c.noise_levels, seed=cfg.seed, horizon=c.horizon,
-                                            progress=lambda done, total: bar(done))
+                                            progress=lambda done, total: bar(done), operators=c.operators)
         stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
     else:
         import gymnasium as gym

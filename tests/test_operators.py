@@ -1,0 +1,97 @@
+"""Scripted operators of three proficiencies, written with robomimic MH's masks: the mask names and members, how an
+operator departs from the clean script, and a real recording read back with h5py and our robomimic reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.collection.robosuite_demos import collect_robosuite_demos
+from pipeline.config import ConfigError, load_config
+from pipeline.data.robomimic_io import load_robomimic
+from pipeline.data.robomimic_masks import MH_OPERATORS, mh_masks
+from pipeline.envs.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, OPERATORS, LiftPolicy, Operator
+
+
+def test_mh_masks_name_and_fill_every_subset_robomimic_writes() -> None:
+    ops = ["better_operator_1", "okay_operator_2", "worse_operator_1", "better_operator_2", "worse_operator_1"]
+    masks = mh_masks(ops, train=[0, 1, 2, 4], valid=[3])
+    assert masks["better"] == [0, 3] and masks["okay"] == [1] and masks["worse"] == [2, 4]
+    assert masks["okay_better"] == [0, 1, 3] and masks["worse_okay"] == [1, 2, 4]
+    assert masks["worse_better"] == [0, 2, 3, 4]
+    assert masks["worse_operator_1"] == [2, 4] and masks["better_operator_2"] == [3]
+    assert masks["better_train"] == [0] and masks["better_valid"] == [3] and masks["worse_train"] == [2, 4]
+    assert "okay_operator_1" not in masks and "okay_valid" not in masks  # no demo: no mask, as robomimic
+    assert tuple(OPERATORS) == MH_OPERATORS
+
+
+def test_unknown_operator_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="collect.operators"):
+        load_config("smoke", ["collect.operators=[better_operator_1, expert]"])
+
+
+OBS = {"robot0_eef_pos": np.array([0.0, 0.0, 1.0]), "cube_pos": np.array([0.1, 0.0, 0.82])}
+
+
+def lift(operator: Operator | None) -> LiftPolicy:
+    policy = LiftPolicy(rng=0, operator=operator)
+    policy.table_z = 0.82  # what reset() reads from the env
+    return policy
+
+
+def still(**kw: float) -> Operator:
+    return Operator(**{"speed": 1.0, "noise_std": 0.0, "pause_prob": 0.0, "pause_steps": 0, "regrasp_prob": 0.0,
+                       **kw})
+
+
+def test_a_slower_operator_scales_every_position_command() -> None:
+    clean, slow = lift(None)(OBS), lift(still(speed=0.4))(OBS)
+    np.testing.assert_allclose(slow[:3], 0.4 * clean[:3], rtol=1e-6)
+    assert slow[6] == clean[6] == GRIPPER_OPEN
+
+
+def test_a_hesitating_operator_holds_still_and_the_script_waits() -> None:
+    policy = lift(still(pause_prob=1.0, pause_steps=3))
+    for _ in range(5):
+        action = policy(OBS)
+        assert not action[:3].any() and action[6] == GRIPPER_OPEN
+    assert policy.phase == "start" and policy.phase_steps == 0
+
+
+def test_an_operator_who_regrasps_lets_go_after_closing() -> None:
+    eef_at_cube = {**OBS, "robot0_eef_pos": OBS["cube_pos"].copy()}
+    for prob, phase_after in ((0.0, "lift"), (1.0, "hover")):
+        policy = lift(still(regrasp_prob=prob))
+        policy._goto("close")
+        actions = [policy(eef_at_cube) for _ in range(policy.close_steps + 1)]
+        assert policy.phase == phase_after
+        assert all(a[6] == GRIPPER_CLOSED for a in actions[:-1])
+        assert actions[-1][6] == (GRIPPER_OPEN if prob else GRIPPER_CLOSED)
+
+
+def test_operators_recording_lift_are_written_with_mh_masks(tmp_path: Path) -> None:
+    path = tmp_path / "lift_mh.hdf5"
+    stats = collect_robosuite_demos("Lift", path, 12, seed=0, horizon=200, operators=list(MH_OPERATORS))
+    assert set(stats["per_operator"]) == set(MH_OPERATORS)
+    assert all(v["episodes"] == 2 for v in stats["per_operator"].values())
+    with h5py.File(path, "r") as f:
+        masks = {k: sorted(x.decode() for x in f["mask"][k][:]) for k in f["mask"]}
+        operator_of = {name: f["data"][name].attrs["operator"] for name in f["data"]}
+    for prof in ("better", "okay", "worse"):
+        assert masks[prof] == sorted(n for n, op in operator_of.items() if op.startswith(prof + "_"))
+        assert sorted(masks.get(f"{prof}_train", []) + masks.get(f"{prof}_valid", [])) == masks[prof]
+    for op in MH_OPERATORS:
+        assert masks[op] == sorted(n for n, o in operator_of.items() if o == op)
+    assert masks["okay_better"] == sorted(masks["okay"] + masks["better"])
+    assert sorted(masks["train"] + masks["valid"]) == sorted(operator_of)
+    # robomimic's filter keys select the two better operators' 4 demos through our reader, in the MH key order
+    keys = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
+    better = load_robomimic(path, obs_keys=keys, filter_key="better")
+    assert better.num_episodes == 4 and better.obs_dim == 3 + 4 + 2 + 10
+    # the better operators move at full speed, the worse ones at under half: they take longer per demo
+    steps = {p: sum(v["steps"] for k, v in stats["per_operator"].items() if k.startswith(p)) for p in
+             ("better", "worse")}
+    assert steps["better"] < steps["worse"]
