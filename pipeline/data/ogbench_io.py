@@ -20,6 +20,7 @@ mask 0); here a chunk stops at the solving step (:mod:`pipeline.data.chunking`),
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 from pipeline.data.dataset import DatasetError, TransitionDataset
 
 REQUIRED_KEYS: tuple[str, ...] = ("observations", "actions", "terminals", "qpos")  # qpos: for the task's rewards
+_SINGLE_TASK = re.compile(r"^[a-z0-9x-]+-singletask(-task\d+)?-v\d+$")  # cube-double-singletask-task2-v0
 
 
 def load_ogbench(source: str | os.PathLike[str], task: str | None = None) -> TransitionDataset:
@@ -41,17 +43,13 @@ def load_ogbench(source: str | os.PathLike[str], task: str | None = None) -> Tra
     Returns:
         ``N - (trajectories)`` transitions; ``meta`` has ``env_id`` (the task) and ``format``.
     """
-    from pipeline.envs import make_env
-    from pipeline.envs.ogbench_env import goal_env_of
-
     path = Path(source)
     if task is None:
         raise DatasetError(path, "task", "format 'ogbench' needs the single-task env id whose rewards to compute "
                            "(pretrain.dataset.task, e.g. cube-double-singletask-task2-v0)")
-    try:
-        goal_env_of(task)
-    except ValueError as e:
-        raise DatasetError(path, "task", str(e)) from None
+    if not isinstance(task, str) or not _SINGLE_TASK.match(task):
+        raise DatasetError(path, "task", f"expected an OGBench single-task env id such as "
+                           f"'cube-double-singletask-task2-v0', got {task!r}")
     if not path.is_file():
         raise DatasetError(path, None, "no such file (an OGBench dataset is an .npz file)")
     try:
@@ -63,11 +61,16 @@ def load_ogbench(source: str | os.PathLike[str], task: str | None = None) -> Tra
         raise DatasetError(path, missing[0], f"missing; an OGBench dataset has {list(REQUIRED_KEYS)} (qpos gives the "
                            "single-task rewards)")
 
+    import gymnasium
+    import ogbench.manipspace  # noqa: F401  (registers the envs)
     from ogbench.relabel_utils import relabel_dataset
     from ogbench.utils import load_dataset
 
     data = load_dataset(str(path), compact_dataset=False, add_info=True)
-    env = make_env(task)
+    try:
+        env = gymnasium.make(task)
+    except gymnasium.error.Error as e:
+        raise DatasetError(path, "task", f"not an OGBench env id ({e})") from None
     try:
         obs_dim = env.observation_space.shape[0]
         if data["observations"].ndim != 2 or data["observations"].shape[1] != obs_dim:

@@ -14,7 +14,6 @@ import re
 # The OGBench manipulation families (ManipSpace); a goal-conditioned id is ``<family>-<variant>-v0``.
 OGBENCH_FAMILIES: tuple[str, ...] = ("cube", "scene", "puzzle")
 _OGBENCH_ID = re.compile(rf"^(visual-)?({'|'.join(OGBENCH_FAMILIES)})-[a-z0-9x]+(-singletask(-task\d+)?)?-v\d+$")
-_SINGLE_TASK_ID = re.compile(r"^(?P<env>.+)-singletask(?:-task(?P<task>\d+))?-(?P<version>v\d+)$")
 
 
 def is_ogbench_id(env_id: str) -> bool:
@@ -26,12 +25,3 @@ def register_ogbench() -> None:
     """Register OGBench's envs with Gymnasium (importing ogbench does it; idempotent)."""
     import ogbench.manipspace  # noqa: F401
 
-
-def goal_env_of(single_task_id: str) -> str:
-    """The goal-conditioned env a single-task id belongs to: ``cube-double-singletask-task2-v0`` -> ``cube-double-v0``
-    (the env its play dataset is collected on)."""
-    m = _SINGLE_TASK_ID.match(single_task_id)
-    if m is None or not is_ogbench_id(single_task_id):
-        raise ValueError(f"{single_task_id!r}: expected an OGBench single-task env id such as "
-                         f"'cube-double-singletask-task2-v0'")
-    return f"{m['env']}-{m['version']}"
