@@ -45,11 +45,12 @@ class ConfigError(ValueError):
 class DatasetConfig:
     """A dataset in one of :data:`pipeline.data.FORMATS`; the reader options it sets go to that format's reader."""
 
-    format: DatasetFormat = "robomimic"  # minari | d4rl | robomimic
+    format: DatasetFormat = "robomimic"  # minari | d4rl | robomimic | ogbench
     source: str = "datasets/lift_demos.hdf5"  # Minari id, or path to an .hdf5 file
     # robomimic: ordered low-dim keys (None: the task's robomimic defaults); minari: top-level keys of a Dict space
     obs_keys: list[str] | None = None
     filter_key: str | None = None  # robomimic: mask/<filter_key> selects demos (e.g. train)
+    task: str | None = None  # ogbench: the single-task env id whose rewards to compute (cube-double-singletask-task2-v0)
     env_name: str | None = None  # d4rl: the D4RL dataset name (e.g. hopper-medium-v2) for its reference scores
     normalize_obs: bool = True  # standardize observations with the dataset's mean/std
 
@@ -60,7 +61,8 @@ class DatasetConfig:
 
 @dataclass
 class CollectConfig:
-    kind: Literal["robosuite_demos", "minari", "none"] = "robosuite_demos"  # what the collect stage makes
+    # what the collect stage makes (ogbench_play: OGBench's oracles, env_id a goal-conditioned cube env)
+    kind: Literal["robosuite_demos", "minari", "ogbench_play", "none"] = "robosuite_demos"
     env_id: str = "robosuite/Lift"  # env the data is collected on
     episodes: int = 30  # number of episodes to record
     noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5])  # scripted demos: action noise
@@ -74,6 +76,7 @@ class CollectConfig:
     # minari: reference random return stored as ref_min_score (needs ref_max_score; None: Minari measures it with
     # a uniform-random policy)
     ref_min_score: float | None = None
+    workers: int = 1  # ogbench_play: processes collecting episodes (same data for any count)
 
 
 @dataclass
@@ -294,6 +297,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("trainer.devices", lambda v: v >= 1, ">= 1"),
     ("trainer.num_nodes", lambda v: v >= 1, ">= 1"),
     ("collect.episodes", lambda v: v >= 1, ">= 1"),
+    ("collect.workers", lambda v: v >= 1, ">= 1"),
     ("pretrain.steps", lambda v: v >= 0, ">= 0"),
     ("pretrain.log_every", lambda v: v >= 1, ">= 1"),
     ("pretrain.checkpoint_every", lambda v: v >= 1, ">= 1"),

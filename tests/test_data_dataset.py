@@ -233,7 +233,7 @@ def test_check_compatible_names_source_and_dims() -> None:
 
 
 def test_load_dataset_rejects_unknown_format_and_options(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"\[fmt\].*\['minari', 'd4rl', 'robomimic'\].*'rlds'"):
+    with pytest.raises(DatasetError, match=r"\[fmt\].*\['minari', 'd4rl', 'robomimic', 'ogbench'\].*'rlds'"):
         load_dataset("rlds", tmp_path / "x.hdf5")
     with pytest.raises(DatasetError, match=r"\[obs_key\].*unknown option.*'d4rl'.*env_name"):
         load_dataset("d4rl", tmp_path / "x.hdf5", obs_key=["a"])

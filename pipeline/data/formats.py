@@ -34,6 +34,12 @@ def _read_robomimic(source: str | os.PathLike[str], **options: Any) -> Transitio
     return load_robomimic(source, **options)
 
 
+def _read_ogbench(source: str | os.PathLike[str], **options: Any) -> TransitionDataset:
+    from pipeline.data.ogbench_io import load_ogbench
+
+    return load_ogbench(source, **options)
+
+
 def _write_d4rl(dataset: TransitionDataset, path: str | os.PathLike[str]) -> Any:
     from pipeline.data.d4rl_io import write_d4rl
 
@@ -56,6 +62,8 @@ FORMATS: dict[str, DatasetFormat] = {f.name: f for f in (
     DatasetFormat("minari", "a Minari dataset id or dataset directory", ("obs_keys",), _read_minari),
     DatasetFormat("d4rl", "a D4RL-format .hdf5 file", ("env_name",), _read_d4rl, _write_d4rl),
     DatasetFormat("robomimic", "a robomimic .hdf5 file", ("obs_keys", "filter_key"), _read_robomimic),
+    # OGBench's npz layout, read by OGBench's loader; written by pipeline.collection.ogbench_play
+    DatasetFormat("ogbench", "an OGBench .npz file", ("task",), _read_ogbench),
 )}
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
 
@@ -68,6 +76,7 @@ def load_dataset(fmt: str, source: str | os.PathLike[str], **options: Any) -> Tr
     - minari: ``obs_keys`` (Dict observation spaces: top-level keys in this order; default all, sorted).
     - d4rl: ``env_name`` (D4RL name such as ``hopper-medium-v2`` for reference scores).
     - robomimic: ``obs_keys`` (ordered low-dim keys), ``filter_key`` (``mask/<filter_key>`` selects demos).
+    - ogbench: ``task`` (the single-task env id whose rewards to compute, e.g. ``cube-double-singletask-task2-v0``).
     - all: ``std_floor`` (floor of the observation std in the attached normalization statistics).
 
     An option that belongs to another format is accepted only with the value ``None`` (so one config can feed

@@ -1,7 +1,7 @@
-"""``make_env``: one entry point for Gymnasium ids and ``robosuite/<Task>`` ids.
+"""``make_env``: one entry point for Gymnasium ids (OGBench's included) and ``robosuite/<Task>`` ids.
 
 Every env it returns has a float32 ``Box`` observation space and a ``Box`` action space of [-1, 1]; robosuite
-envs also report ``info["success"]``. Gymnasium envs whose action bounds differ (e.g. Pendulum's [-2, 2]) are
+and OGBench envs also report ``info["success"]``. Gymnasium envs whose action bounds differ (e.g. Pendulum's [-2, 2]) are
 rescaled so the agent always acts in [-1, 1].
 """
 
@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 from pipeline.config import VectorizationMode
+from pipeline.envs.ogbench_env import is_ogbench_id, register_ogbench
 from pipeline.envs.robosuite_env import DEFAULT_HORIZONS, ROBOSUITE_OPTIONS, RobosuiteEnv, robosuite_task_names
 
 ROBOSUITE_PREFIX = "robosuite/"
@@ -98,6 +99,8 @@ def _check_box(space: gym.Space, what: str, env_id: str) -> gym.spaces.Box:
 
 
 def _make_gymnasium(env_id: str, options: dict[str, Any]) -> gym.Env:
+    if is_ogbench_id(env_id):
+        register_ogbench()
     try:
         env = gym.make(env_id, **options)
     except gym.error.Error as e:
@@ -126,8 +129,10 @@ def make_env(env_id: str, seed: int | None = None, **options: Any) -> gym.Env:
     """Build an environment by id.
 
     Args:
-        env_id: a Gymnasium id (``"Hopper-v5"``, ``"Pendulum-v1"``) or ``"robosuite/<Task>"``
-            (``robosuite/Lift``, ``robosuite/PickPlaceCan``, ``robosuite/NutAssemblySquare``, any robosuite task).
+        env_id: a Gymnasium id (``"Hopper-v5"``, ``"Pendulum-v1"``), an OGBench id
+            (``"cube-double-singletask-task2-v0"``: ``info["success"]``, see :mod:`pipeline.envs.ogbench_env`) or
+            ``"robosuite/<Task>"`` (``robosuite/Lift``, ``robosuite/PickPlaceCan``, ``robosuite/NutAssemblySquare``,
+            any robosuite task).
         seed: if given, the env is reset once with it and its spaces are seeded, so every later ``reset()``
             without a seed continues one reproducible stream.
         options: Gymnasium ids: keyword arguments of the env. robosuite ids: ``obs_keys``, ``horizon``,

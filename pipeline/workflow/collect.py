@@ -3,6 +3,8 @@
 - ``robosuite_demos``: scripted robosuite demonstrations at several noise levels, written in the robomimic layout.
 - ``minari``: a Minari dataset recorded with ``minari.DataCollector`` from a uniform-random policy or a trained
   agent (``collect.policy_run``), so "medium"/"expert"-like datasets can be made locally.
+- ``ogbench_play``: an OGBench "play" dataset made by OGBench's own scripted oracles, in OGBench's npz layout
+  (``collect.env_id`` a goal-conditioned cube env such as ``cube-double-v0``; ``collect.workers`` processes).
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
                                             noise_levels=c.noise_levels, seed=cfg.seed, horizon=c.horizon,
                                             progress=lambda done, total: bar(done), operators=c.operators)
         stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
+    elif c.kind == "ogbench_play":
+        from pipeline.collection.ogbench_play import PLAY_EPISODE_STEPS, collect_ogbench_play
+
+        n_val = max(c.episodes // 10, 1)
+        with stage_progress("collect", c.episodes + n_val, 0, cfg.trainer.progress) as bar:
+            try:
+                stats = collect_ogbench_play(c.env_id, c.out, c.episodes, seed=cfg.seed, workers=c.workers,
+                                             max_episode_steps=c.horizon or PLAY_EPISODE_STEPS,
+                                             progress=lambda done, total: bar(done))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     else:
         import gymnasium as gym
 
