@@ -28,9 +28,12 @@ CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 PolicyKind = Literal[POLICY_KINDS]
 DatasetFormat = Literal[FORMAT_NAMES]
 Precision = Literal["32-true", "bf16-mixed"]  # trainer.precision, Lightning's names (pipeline.precision)
+# trainer.logger: where a training stage's metric rows go through Lightning's logger interface (pipeline.tracking's
+# LOGGERS table holds how each is made; tests/test_tracking.py checks the two agree)
+TrackingLogger = Literal["dvclive", "tensorboard", "csv", "none"]
 ALPHA_LOSSES = ("standard", "paper_code")  # sac.alpha_loss (pipeline.sac.alpha_loss)
-PRETRAIN_UPDATES = ("joint", "sequential")
-FLOW_MASKS = ("none", "past_terminal")  # sac.flow_mask (pipeline.sac.executed_steps_mask)  # pretrain.update (pipeline.lightning.offline.pretrain_update)
+PRETRAIN_UPDATES = ("joint", "sequential")  # pretrain.update (pipeline.lightning.offline.pretrain_update)
+FLOW_MASKS = ("none", "past_terminal")  # sac.flow_mask (pipeline.sac.executed_steps_mask)
 VectorizationMode = Literal["sync", "async"]  # how a vector env steps its copies (pipeline.envs.make_vector_env)
 
 
@@ -183,6 +186,10 @@ class TrainerConfig:
     # losses and output heads stay fp32. Needs a CPU with AVX-512 BF16 or AMX, or a GPU with bf16; not with
     # sac.update_mode = cuda_graphs (untested)
     precision: Precision = "32-true"
+    # dvclive | tensorboard | csv | none: the Lightning logger each training stage also logs its metric rows to
+    # (<out>/dvclive, <out>/tensorboard, <out>/lightning_csv; the DVC pipeline's params.yaml sets dvclive).
+    # tensorboard is the optional extra sacflow[tensorboard]
+    logger: TrackingLogger = "none"
 
 
 @dataclass

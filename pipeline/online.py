@@ -30,6 +30,7 @@ from pipeline.evaluation import evaluate
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import SACAgent, training_reward
+from pipeline.tracking import MetricLog
 from pipeline.update import SACUpdater
 
 # where the wall time between two log rows went (``<phase>_share`` columns, fractions; the rest is logging, buffer
@@ -77,6 +78,8 @@ class OnlineRunner:
         self.device = agent.obs_mean.device
         self.train_log = CSVLog(self.run_dir / "train.csv", TRAIN_COLUMNS, "env_step")
         self.eval_log = CSVLog(self.run_dir / "eval.csv", EVAL_COLUMNS, "env_step")
+        # the same rows to the Lightning logger (trainer.logger) at env_step: train/<column>, eval/<mode>/<column>
+        self.metric_log = MetricLog(None, "env_step")
         self.means = RunningMeans()
         self.env_step, self.prev_env_step = 0, 0  # after and before the last step()
         self.episodes = 0
@@ -230,6 +233,7 @@ class OnlineRunner:
                 row["episode_success"] = float(np.mean(self.recent_successes))
             self.recent_returns, self.recent_successes = [], []
         self.train_log.append(row)
+        self.metric_log.log("train", row, self.env_step)
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates
 
     def run_eval(self) -> dict[str, Any]:
@@ -240,6 +244,7 @@ class OnlineRunner:
         for deterministic in modes:
             result = evaluate(self.agent, self.eval_env, self.cfg.finetune.eval_episodes, ev.seed, deterministic)
             self.eval_log.append({"env_step": self.env_step, **result})
+            self.metric_log.log(f"eval/{result['mode']}", result, self.env_step)
             self.last_eval[result["mode"]] = result
         self.last_eval_step = self.env_step
         self.seconds["eval"] += time.perf_counter() - t0
@@ -309,4 +314,5 @@ class OnlineRunner:
             self.queues[i] = []
 
     def save(self, path: str | Path | None = None) -> None:
+        self.metric_log.flush()  # what a resume continues from: every row up to this step is on disk
         save_checkpoint(self.state_dict(), path or self.run_dir / RUN_CHECKPOINT)

@@ -23,6 +23,7 @@ import yaml
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
+from pipeline.tracking import read_metric
 from pipeline.workflow.finetune import finetune
 from pipeline.workflow.pretrain import pretrain
 from conftest import tiny_d4rl
@@ -62,7 +63,8 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 def test_two_ranks_train_on_different_batches_and_end_with_identical_weights(tmp_path: Path,
                                                                            tiny_data: list[str]) -> None:
-    overrides = [*tiny_data, "pretrain.steps=20", "pretrain.log_every=10", "pretrain.checkpoint_every=10"]
+    overrides = [*tiny_data, "pretrain.steps=20", "pretrain.log_every=10", "pretrain.checkpoint_every=10",
+                 "trainer.logger=dvclive"]
     rank0, rank1 = probe(tmp_path / "probe", tmp_path / "run", overrides)
 
     assert (rank0["rank"], rank1["rank"]) == (0, 1)
@@ -89,6 +91,8 @@ def test_two_ranks_train_on_different_batches_and_end_with_identical_weights(tmp
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_batch"] == 2 * 32
     assert [r.split(",")[0] for r in (tmp_path / "run/pretrain.csv").read_text().splitlines()[1:]] == ["10", "20"]
+    # the logger is rank 0's too (rank 1 wrote nothing, above): one row per logged step
+    assert [s for s, _ in read_metric(tmp_path / "run/dvclive", "pretrain/critic_loss")] == [10, 20]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Kill -9 and resume on robosuite: a run killed after a checkpoint (mid-episode) and run again with the same
-command ends with the same weights, replay buffer and log rows as an uninterrupted run.
+command ends with the same weights, replay buffer and log rows as an uninterrupted run, in its CSV logs and in the
+DVCLive log (trainer.logger = dvclive: one row per step, none twice, none missing).
 
 The default suite runs three paths; ``-m slow`` runs the whole matrix (from scratch / from a pretrained agent with a
 seeded or mixed buffer, env in this process or in workers, one or two copies, one action or chunks of four).
@@ -17,6 +18,7 @@ from conftest import run_killed_after_first_checkpoint
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
 from pipeline.metrics import read_csv_rows
+from pipeline.tracking import read_metric
 from pipeline.workflow.finetune import finetune
 from pipeline.workflow.pretrain import pretrain
 
@@ -40,7 +42,7 @@ def pretrained(lift_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for chunk in (1, 4):
         run = tmp_path_factory.mktemp(f"pretrain_h{chunk}")
         pretrain(load_config("smoke", [f"pretrain.dataset.source={lift_data}", f"sac.chunk={chunk}",
-                                       "trainer.progress=false"]), run)
+                                       "trainer.progress=false", "trainer.logger=dvclive"]), run)
         out[chunk] = run
     return out
 
@@ -49,7 +51,15 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in read_csv_rows(path)]
 
 
+def _dvclive_rows(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every metric DVCLive logged in ``run`` but the timing ones: name -> (step, value) rows."""
+    metrics = run / "dvclive" / "plots" / "metrics"
+    names = [p.relative_to(metrics).with_suffix("").as_posix() for p in sorted(metrics.rglob("*.tsv"))]
+    return {n: read_metric(run / "dvclive", n) for n in names if n.rsplit("/", 1)[-1] not in TIMING}
+
+
 def assert_resumes_bit_identically(tmp_path: Path, overrides: list[str], pretrained: Path | None) -> None:
+    overrides = [*overrides, "trainer.logger=dvclive"]
     cfg = load_config("smoke", overrides)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     finetune(cfg, straight, pretrained)
@@ -68,6 +78,17 @@ def assert_resumes_bit_identically(tmp_path: Path, overrides: list[str], pretrai
         assert torch.equal(a["buffer"]["data"][k], b["buffer"]["data"][k]), f"buffer column {k} differs"
     for name in ("train.csv", "eval.csv"):
         assert _rows(resumed / name) == _rows(straight / name), name
+    logged = _dvclive_rows(resumed)
+    assert logged == _dvclive_rows(straight)
+    train_steps = [int(r["env_step"]) for r in read_csv_rows(resumed / "train.csv")]
+    assert [s for s, _ in logged["train/alpha"]] == train_steps, "a step logged twice or missing"
+    assert "eval/deterministic/return_mean" in logged
+
+
+def test_pretraining_logs_its_rows_to_dvclive(pretrained: dict[int, Path]) -> None:
+    run = pretrained[1]
+    steps = [int(r["step"]) for r in read_csv_rows(run / "pretrain.csv")]
+    assert steps and [s for s, _ in read_metric(run / "dvclive", "pretrain/flow_loss")] == steps
 
 
 def _overrides(lift_data: Path, start: str, mode: str, copies: int, chunk: int) -> list[str]:

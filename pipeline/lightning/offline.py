@@ -16,6 +16,7 @@ from pipeline.lightning.base import SACModule
 from pipeline.metrics import CSVLog, RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Batch
+from pipeline.tracking import MetricLog
 from pipeline.update import SACUpdater
 
 PRETRAIN_COLUMNS = [
@@ -64,6 +65,8 @@ class OfflinePretrain(SACModule):
         self.step_count = 0
         self.log_csv = CSVLog(self.run_dir / "pretrain.csv", PRETRAIN_COLUMNS, "step")
         self.means = RunningMeans()
+        # the CSV's rows to the Trainer's logger (trainer.logger) at the update count: pretrain/<column>
+        self.metric_log = MetricLog(None, "step")
         # (step, perf_counter) after the first and the latest update of this fit: throughput without the first
         # update, which pays for lazy set-up (DDP builds its gradient buckets then)
         self._first_timed: tuple[int, float] | None = None
@@ -72,6 +75,7 @@ class OfflinePretrain(SACModule):
     def on_fit_start(self) -> None:
         self.buffer = self.buffer_of(self.dataset)
         self.updater = self.make_updater()
+        self.metric_log = MetricLog(self.logger if self.trainer.is_global_zero else None, "step")
         if self.resume_state is not None:
             self.load_state(self.resume_state)
         elif self.trainer.is_global_zero:
@@ -92,6 +96,7 @@ class OfflinePretrain(SACModule):
             row.update(step=self.step_count, alpha=self.agent.alpha.item(), skipped_updates=self.updater.skipped)
             if self.trainer.is_global_zero:
                 self.log_csv.append(row)
+                self.metric_log.log("pretrain", row, self.step_count)
         if self.step_count % pt.checkpoint_every == 0:
             self.save()
         if self.trainer.world_size == 1:  # data-parallel ranks stop together only at their collective checkpoints
@@ -150,4 +155,5 @@ class OfflinePretrain(SACModule):
         """Checkpoint (rank 0 writes). A collective under DDP: every rank calls it at the same steps."""
         ranks = all_gather_objects({"rng": rng_state(), "means": self.means.state_dict()})
         if self.trainer.is_global_zero:
+            self.metric_log.flush()  # what a resume continues from: every row up to this step is on disk
             save_checkpoint(self.state(ranks), self.run_dir / RUN_CHECKPOINT)

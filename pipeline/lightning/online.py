@@ -11,6 +11,7 @@ from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
 from pipeline.config import Config
 from pipeline.lightning.base import SACModule
 from pipeline.online import OnlineRunner
+from pipeline.tracking import MetricLog
 
 
 class OnlineFinetune(SACModule):
@@ -50,6 +51,7 @@ class OnlineFinetune(SACModule):
         updater = self.make_updater()
         self.runner = OnlineRunner(cfg, self.agent, updater, self.env, self.eval_env, sampler, self.run_dir,
                                    from_scratch=self.from_scratch, fingerprint=self.fingerprint)
+        self.runner.metric_log = MetricLog(self.logger, "env_step")  # the Trainer's logger (trainer.logger)
         if self.resume_state is not None:
             self.runner.load_state_dict(self.resume_state)
         else:

@@ -30,9 +30,11 @@ from pipeline.envs import make_vector_env
 from pipeline.precision import check_precision
 from pipeline.runtime import resolve_device, seed_everything, set_threads
 from pipeline.sac import training_reward
+from pipeline.tracking import make_logger, missing_package
 
 if TYPE_CHECKING:
     import lightning as L
+    from lightning.pytorch.loggers import Logger
 
 # Keys a run may change and still resume: its length, and how it is shown.
 RESUMABLE_CHANGES = ("name", "pretrain.steps", "finetune.total_steps", "trainer.progress")
@@ -120,8 +122,24 @@ def make_eval_envs(cfg: Config, options: dict[str, Any]) -> gym.vector.VectorEnv
     return make_vector_env(cfg.finetune.env_id, ev.num_envs, ev.vectorization_mode, **options)
 
 
-def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """The Lightning ``Trainer`` of a stage: one epoch over the step indices, no Lightning logging/checkpointing.
+def check_logger(cfg: Config) -> None:
+    """Stop before any work when ``trainer.logger`` names a logger whose package is not installed."""
+    problem = missing_package(cfg.trainer.logger)
+    if problem is not None:
+        raise ConfigError(f"config key 'trainer.logger' = {cfg.trainer.logger!r}: {problem}; or choose another "
+                          "with --set trainer.logger=dvclive|tensorboard|csv|none")
+
+
+def stage_logger(cfg: Config, out: Path, resume_step: int | None) -> Logger | None:
+    """The ``trainer.logger`` of a stage writing into ``out`` (:func:`pipeline.tracking.make_logger`: a fresh run
+    clears an old log, a resumed one cuts it back to ``resume_step``)."""
+    check_logger(cfg)
+    return make_logger(cfg.trainer.logger, out, resume_step)
+
+
+def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None, logger: Logger | None = None) -> L.Trainer:
+    """The Lightning ``Trainer`` of a stage: one epoch over the step indices, ``logger`` (:func:`stage_logger`) for
+    the metric rows the modules log at their own steps, no Lightning checkpointing.
 
     More than one process (``trainer.devices * trainer.num_nodes > 1``) or ``trainer.strategy = ddp`` runs
     Lightning's DDP with its subprocess launcher: rank 0 re-runs the same command line for the other local ranks
@@ -148,7 +166,7 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         strategy = DDPStrategy(find_unused_parameters=True)
     return L.Trainer(
         accelerator=accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes, max_epochs=1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        logger=logger if logger is not None else False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False, callbacks=callbacks, precision=t.precision,
     )
 

@@ -15,9 +15,9 @@ from pipeline.metrics import final_training_metrics, write_json
 from pipeline.online import PHASES
 from pipeline.terminal import stage_progress
 from pipeline.workflow import Input, Stage
-from pipeline.workflow.common import (check_single_process, env_options_for, finetune_dataset, load_offline,
-                                      make_eval_envs, make_trainer, prepare, resume_state, run_fingerprint,
-                                      training_transitions)
+from pipeline.workflow.common import (check_logger, check_single_process, env_options_for, finetune_dataset,
+                                      load_offline, make_eval_envs, make_trainer, prepare, resume_state,
+                                      run_fingerprint, stage_logger, training_transitions)
 
 
 def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = None) -> dict[str, Any]:
@@ -25,6 +25,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
     from pipeline.lightning import OnlineFinetune, StepDataModule
 
     check_single_process(cfg, "finetune")
+    check_logger(cfg)
     out = prepare(cfg, out_dir)
     ft = cfg.finetune
     if ft.from_pretrained and pretrained is None:
@@ -67,10 +68,12 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
         module = OnlineFinetune(cfg, env, eval_env, out, offline=offline, init_state=init_state,
                                 resume_state=resume, progress=show, fingerprint=fingerprint)
         offline = None  # the module's buffers take the rows over: hold them once (bench/README.md, memory)
-        make_trainer(cfg).fit(module, datamodule=StepDataModule(start, ft.total_steps, ft.num_envs))
+        logger = stage_logger(cfg, out, start if resume else None)
+        make_trainer(cfg, logger=logger).fit(module, datamodule=StepDataModule(start, ft.total_steps, ft.num_envs))
         runner = module.runner
         evaluated_last_step = runner.last_eval_step == runner.env_step
         final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
+        runner.metric_log.flush()  # the closing evaluation comes after fit's own last flush
     metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
                                "updates": runner.updater.updates, "episodes": runner.episodes,
                                "seconds": time.perf_counter() - t0, "resumed_from": start,

@@ -11,8 +11,8 @@ from pipeline.distributed import process_rank
 from pipeline.metrics import write_json
 from pipeline.terminal import stage_progress
 from pipeline.workflow import Stage
-from pipeline.workflow.common import (load_offline, make_trainer, prepare, resume_state, run_fingerprint,
-                                      training_transitions)
+from pipeline.workflow.common import (check_logger, load_offline, make_trainer, prepare, resume_state,
+                                      run_fingerprint, stage_logger, training_transitions)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -29,6 +29,7 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
     from pipeline.lightning import OfflinePretrain, StepDataModule
 
     cfg = as_run(cfg)
+    check_logger(cfg)
     trainer = make_trainer(cfg, callbacks)
     rank = process_rank(trainer)
     out = prepare(cfg, out_dir, rank)
@@ -40,6 +41,8 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
     resume = resume_state(out, fingerprint)
     start = resume["step"] if resume else 0
     total = cfg.pretrain.steps
+    if rank == 0:  # one process writes the log (rows average the ranks)
+        trainer.logger = stage_logger(cfg, out, start if resume else None)
     t0 = time.perf_counter()
     with stage_progress("pretrain", total, start, cfg.trainer.progress and rank == 0) as bar:
         module = OfflinePretrain(cfg, dataset, out, resume_state=resume, fingerprint=fingerprint,
