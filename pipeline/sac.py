@@ -165,10 +165,11 @@ def actor_loss(agent: SACAgent, batch: Batch, bc_weight: float = 0.0, q_weight: 
     if flow_weight > 0:
         # flow matching evaluates the velocity at interpolated points and random t, off the rollout's grid: an actor
         # with BatchRenorm layers normalizes them with its running statistics and must not move them
-        mask = executed_steps_mask(batch.steps, agent.cfg.chunk, agent.act_dim) \
-            if agent.cfg.flow_mask == "past_terminal" else None
-        flow = agent.actor.bc_loss(obs, batch.actions) if mask is None else agent.actor.bc_loss(obs, batch.actions,
-                                                                                               mask=mask)
+        if agent.cfg.flow_mask == "past_terminal":
+            mask = executed_steps_mask(batch.steps, agent.cfg.chunk, agent.act_dim)
+            flow = agent.actor.bc_loss(obs, batch.actions, mask=mask)
+        else:
+            flow = agent.actor.bc_loss(obs, batch.actions)
         loss = loss + flow_weight * flow
         info["flow_loss"] = flow.detach()
     with batch_statistics(agent.actor):  # CrossQ's actor: its BatchRenorm layers read batch statistics here only

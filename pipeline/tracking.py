@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.metrics import read_csv_rows
+
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
@@ -124,7 +126,7 @@ def _make_csv(log_dir: Path, resume_step: int | None) -> Logger:
 
     # Lightning's CSV writer deletes metrics.csv when it starts: a resumed run hands it the rows kept (already cut
     # back to the checkpoint) and writes them again at once
-    kept = _csv_rows(log_dir / "metrics.csv")
+    kept = read_csv_rows(log_dir / "metrics.csv")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Experiment logs directory")
         logger = CSVLogger(save_dir=str(log_dir.parent), name=log_dir.name, version="")
@@ -133,13 +135,6 @@ def _make_csv(log_dir: Path, resume_step: int | None) -> Logger:
         writer.metrics = [{k: v for k, v in row.items() if v not in ("", None)} for row in kept]
         writer.save()
     return logger
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _truncate_csv(log_dir: Path, step: int) -> None:

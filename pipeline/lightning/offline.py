@@ -43,9 +43,9 @@ def pretrain_update(updater: SACUpdater, batch: Batch, pt: PretrainConfig, bc_we
 
 
 class OfflinePretrain(SACModule):
-    """One ``training_step`` = one batch drawn uniformly from ``dataset`` and its update(s) (:func:`pretrain_update`), the training transitions
-    (:func:`pipeline.workflow.common.training_transitions`: rewards as SAC trains on them, chunked), whose tensors the
-    buffer serves without a copy.
+    """One ``training_step`` = one batch drawn uniformly from ``dataset`` and its update(s) (:func:`pretrain_update`);
+    ``dataset`` holds the training transitions (:func:`pipeline.workflow.common.training_transitions`: rewards as SAC
+    trains on them, chunked), whose tensors the buffer serves without a copy.
 
     The actor objective is ``flow_weight * flow-matching + q_weight * (alpha log pi - Q) + bc_weight * ||a - a_data||^2``
     (``pretrain.*``); with ``q_weight = 0`` and ``train_critic = false`` it is plain flow BC.
