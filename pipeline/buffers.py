@@ -56,9 +56,8 @@ class ReplayBuffer:
     def add(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminal: Any, steps: Any = 1) -> None:
         """Append one transition or a batch (leading dim) of them; arrays or tensors. ``steps``: the env steps each
         decision executed (a scalar applies to every row)."""
-        n_rows = int(np.prod(np.shape(reward))) if np.ndim(reward) else 1
-        if np.ndim(steps) == 0 and not (torch.is_tensor(steps) and steps.dim() > 0):
-            steps = np.full(n_rows, float(steps), dtype=np.float32)
+        if np.ndim(steps) == 0:  # one count for every row (a scalar reward is one row)
+            steps = np.full(int(np.prod(np.shape(reward))), float(steps), dtype=np.float32)
         values = dict(zip(_FIELDS, (obs, action, reward, next_obs, terminal, steps)))
         rows = {k: torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v, dtype=torch.float32)
                 .to(self.device).reshape(-1, *self.data[k].shape[1:]) for k, v in values.items()}
