@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.terminal import quiet_libraries  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.diagnostics import checkpoint_gradient_profile  # noqa: E402
+from pipeline.run_logs import read_rows  # noqa: E402
 from pipeline.workflow.finetune import finetune  # noqa: E402
 
 
@@ -106,10 +107,9 @@ def train(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], 
                 print(f"{kind:>9} K={steps:<3} {milestone:>7} env steps  eval return "
                       f"{metrics.get('eval_deterministic_return_mean', float('nan')):8.1f}  "
                       f"|dQ/da_0| / |dQ/da_K| = {float(profile[0] / profile[-1]):.3g}", flush=True)
-            with (run / "train.csv").open() as f:
-                rows += [{"kind": kind, "K": steps, "env_step": int(r["env_step"]),
-                          "actor_grad_norm": float(r["actor_grad_norm"])}
-                         for r in csv.DictReader(f) if r["actor_grad_norm"]]
+            rows += [{"kind": kind, "K": steps, "env_step": int(r["env_step"]),
+                      "actor_grad_norm": float(r["actor_grad_norm"])}
+                     for r in read_rows(run, "train") if r.get("actor_grad_norm")]
     return rows, profiles, milestones
 
 

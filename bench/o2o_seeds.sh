@@ -19,11 +19,12 @@ for seed in $seeds; do
   sacflow evaluate "${common[@]}" --run pretrained="$run/pretrain" --run finetuned="$run/finetune" \
     --out "$run/evaluate"
   python - "$run" "$seed" <<'PY'
-import csv, json, sys
+import json, sys
+from pipeline.run_logs import read_rows
 run, seed = sys.argv[1], sys.argv[2]
 ev = json.load(open(f"{run}/evaluate/metrics.json"))
 key = "success_rate" if "success_rate" in ev["pretrained"]["deterministic"] else "return_mean"
-rows = [r for r in csv.DictReader(open(f"{run}/finetune/eval.csv")) if r["mode"] == "deterministic"]
+rows = [r for r in read_rows(f"{run}/finetune", "eval") if r["mode"] == "deterministic"]
 during = ", ".join(f"{float(r[key]):.2f}" for r in rows)
 print(f"seed {seed}: {key} pretrained {ev['pretrained']['deterministic'][key]:.3f} "
       f"(length {ev['pretrained']['deterministic']['length_mean']:.1f}) -> fine-tuned "

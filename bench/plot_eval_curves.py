@@ -6,9 +6,10 @@
 
 (A benchmark table's runs get these curves from ``sacflow table gather``; this script overlays any runs.)
 
-Each argument is ``LABEL=RUN_DIR[,RUN_DIR...]``: finetune output directories holding ``eval.csv`` (success rate,
-evaluation return; ``--mode`` picks deterministic or stochastic) or ``train.csv`` (``episode_return``: the return
-of the training episodes that ended in each logging window). Several directories (seeds) for one label draw their
+Each argument is ``LABEL=RUN_DIR[,RUN_DIR...]``: finetune output directories, whose eval rows (success rate,
+evaluation return; ``--mode`` picks deterministic or stochastic) or train rows (``episode_return``: the return of
+the training episodes that ended in each logging window) are read by ``pipeline.run_logs.read_rows`` (DVCLive's
+log or the stage's CSVs). Several directories (seeds) for one label draw their
 mean over the env steps all of them logged, with their min-max range shaded.
 """
 
@@ -22,21 +23,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.metrics import read_csv_rows  # noqa: E402
+from pipeline.run_logs import read_rows, record_of  # noqa: E402
 from pipeline.report import curve_of, plot_seeds  # noqa: E402
 
-TRAIN_METRICS = ("episode_return",)  # read from train.csv; the others come from eval.csv
+TRAIN_METRICS = ("episode_return",)  # read from the train rows; the others from the eval rows
 
 
 def run_curve(run: Path, metric: str, mode: str) -> dict[int, float]:
     """``{env_step: value}`` of ``metric`` in one finetune directory."""
-    path = run / ("train.csv" if metric in TRAIN_METRICS else "eval.csv")
-    if not path.is_file():
-        raise SystemExit(f"{path}: no such file (expected a finetune output directory holding {path.name})")
-    rows = read_csv_rows(path)
+    table = "train" if metric in TRAIN_METRICS else "eval"
+    rows = read_rows(run, table)
+    if not rows:
+        raise SystemExit(f"{run}: no {table} rows logged (expected a finetune output directory holding {table}.csv "
+                         f"or a DVCLive log; looked in {record_of(run, table)})")
     curve = curve_of(rows, metric) if metric in TRAIN_METRICS else curve_of(rows, metric, mode=mode)
     if not curve:
-        raise SystemExit(f"{path}: no {metric} values" + ("" if metric in TRAIN_METRICS else f" for mode {mode}"))
+        raise SystemExit(f"{record_of(run, table)}: no {metric} values"
+                         + ("" if metric in TRAIN_METRICS else f" for mode {mode}"))
     return curve
 
 

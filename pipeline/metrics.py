@@ -124,7 +124,7 @@ FINAL_TRAIN_KEYS = {"return_mean": "train_return_final", "success_rate": "train_
 def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TRAIN_WINDOW) -> dict[str, float]:
     """Mean return and success of the training episodes that ended in the last ``window`` share of the env steps.
 
-    ``rows``: train.csv rows, whose ``episode_return`` averages the episodes that ended since the row before (their
+    ``rows``: train rows (:func:`pipeline.run_logs.read_rows`), whose ``episode_return`` averages the episodes that ended since the row before (their
     number is the rise of ``episodes``), so the mean weighs every episode once. It averages the policies of many
     updates, where an evaluation reads one checkpoint, whose return can swing between standing and falling from one
     update to the next (docs/results.md). Returns ``{"return_mean", "episodes"}`` and, where the env reports success,
@@ -136,9 +136,9 @@ def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TR
     returns = successes = 0.0
     count, before, reports_success = 0, 0, False
     for row in rows:
-        episodes = int(row.get("episodes") or before)  # a row without a count: no episode to weigh
+        episodes = int(float(row.get("episodes") or before))  # a row without a count: no episode to weigh
         ended, before = episodes - before, episodes
-        if float(row["env_step"]) > start and ended > 0 and row["episode_return"] not in ("", None):
+        if float(row["env_step"]) > start and ended > 0 and row.get("episode_return") not in ("", None):
             returns += ended * float(row["episode_return"])
             count += ended
             if row.get("episode_success") not in ("", None):
@@ -151,6 +151,6 @@ def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TR
 
 
 def final_training_metrics(rows: list[dict[str, str]]) -> dict[str, float]:
-    """:func:`final_training_episodes` of train.csv ``rows`` under its finetune/metrics.json names
+    """:func:`final_training_episodes` of train ``rows`` under its finetune/metrics.json names
     (:data:`FINAL_TRAIN_KEYS`)."""
     return {FINAL_TRAIN_KEYS[k]: v for k, v in final_training_episodes(rows).items()}

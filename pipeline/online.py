@@ -27,10 +27,10 @@ from pipeline.buffers import OfflineOnlineSampler
 from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
 from pipeline.evaluation import evaluate
-from pipeline.metrics import CSVLog, RunningMeans
+from pipeline.metrics import RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import SACAgent, training_reward
-from pipeline.tracking import MetricLog
+from pipeline.run_logs import StageLog
 from pipeline.update import SACUpdater
 
 # where the wall time between two log rows went (``<phase>_share`` columns, fractions; the rest is logging, buffer
@@ -76,10 +76,9 @@ class OnlineRunner:
         self.updates_from = ft.learning_starts
         self.random_until = ft.random_steps if from_scratch else 0
         self.device = agent.obs_mean.device
-        self.train_log = CSVLog(self.run_dir / "train.csv", TRAIN_COLUMNS, "env_step")
-        self.eval_log = CSVLog(self.run_dir / "eval.csv", EVAL_COLUMNS, "env_step")
-        # the same rows to the Lightning logger (trainer.logger) at env_step: train/<column>, eval/<mode>/<column>
-        self.metric_log = MetricLog(None, "env_step")
+        # train and eval rows to the Lightning logger (trainer.logger; attached by the caller) at env_step, as
+        # train/<column> and eval/<mode>/<column>, and to train.csv / eval.csv unless the logger is DVCLive
+        self.log_rows = StageLog(self.run_dir, {"train": TRAIN_COLUMNS, "eval": EVAL_COLUMNS}, cfg.trainer.logger)
         self.means = RunningMeans()
         self.env_step, self.prev_env_step = 0, 0  # after and before the last step()
         self.episodes = 0
@@ -232,19 +231,17 @@ class OnlineRunner:
             if self.reports_success:
                 row["episode_success"] = float(np.mean(self.recent_successes))
             self.recent_returns, self.recent_successes = [], []
-        self.train_log.append(row)
-        self.metric_log.log("train", row, self.env_step)
+        self.log_rows.append("train", row)
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates
 
     def run_eval(self) -> dict[str, Any]:
-        """Deterministic (and, with ``evaluate.both``, stochastic) evaluation on fixed seeds, logged to eval.csv."""
+        """Deterministic (and, with ``evaluate.both``, stochastic) evaluation on fixed seeds, logged as eval rows."""
         ev = self.cfg.evaluate
         modes = [True, False] if ev.both else [ev.deterministic]
         t0 = time.perf_counter()
         for deterministic in modes:
             result = evaluate(self.agent, self.eval_env, self.cfg.finetune.eval_episodes, ev.seed, deterministic)
-            self.eval_log.append({"env_step": self.env_step, **result})
-            self.metric_log.log(f"eval/{result['mode']}", result, self.env_step)
+            self.log_rows.append("eval", {"env_step": self.env_step, **result})
             self.last_eval[result["mode"]] = result
         self.last_eval_step = self.env_step
         self.seconds["eval"] += time.perf_counter() - t0
@@ -288,8 +285,7 @@ class OnlineRunner:
             space.np_random.bit_generator.state = rng
         set_rng_state(state["rng"])
         self.prev_env_step = self.env_step
-        self.train_log.truncate_after(self.env_step)
-        self.eval_log.truncate_after(self.env_step)
+        self.log_rows.start(self.env_step)
         self._t_log, self._step_log, self._updates_log = time.perf_counter(), self.env_step, self.updater.updates
 
     def _restore_copies(self, copies: dict[str, Any]) -> None:
@@ -314,5 +310,5 @@ class OnlineRunner:
             self.queues[i] = []
 
     def save(self, path: str | Path | None = None) -> None:
-        self.metric_log.flush()  # what a resume continues from: every row up to this step is on disk
+        self.log_rows.flush()  # what a resume continues from: every row up to this step is on disk
         save_checkpoint(self.state_dict(), path or self.run_dir / RUN_CHECKPOINT)

@@ -1,4 +1,5 @@
-"""The ``report`` stage: a markdown results table and PNG learning curves built from the runs' metric files."""
+"""The ``report`` stage: a markdown results table and PNG learning curves built from the runs' metric files (the
+logged rows through :func:`pipeline.run_logs.read_rows`: DVCLive's TSVs, or a stage's own CSVs)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from pipeline.metrics import read_csv_rows, read_json, write_json  # noqa: E402
+from pipeline.metrics import read_json, write_json  # noqa: E402
+from pipeline.run_logs import read_rows  # noqa: E402
 from pipeline.terminal import results_console  # noqa: E402
 
 
-def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[list[float], list[float]]:
+def row_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tuple[list[float], list[float]]:
     """Columns ``x`` and ``y`` of the rows whose ``y`` is filled and whose columns equal ``where``'s values."""
     xs, ys = [], []
     for r in rows:
@@ -28,8 +30,8 @@ def csv_series(rows: list[dict[str, str]], x: str, y: str, **where: str) -> tupl
 
 
 def curve_of(rows: list[dict[str, str]], metric: str, **where: str) -> dict[int, float]:
-    """``{env_step: value}`` of ``metric`` in the rows of a fine-tuning CSV log (``train.csv`` or ``eval.csv``)."""
-    xs, ys = csv_series(rows, "env_step", metric, **where)
+    """``{env_step: value}`` of ``metric`` in a fine-tuning run's train or eval rows (:func:`read_rows`)."""
+    xs, ys = row_series(rows, "env_step", metric, **where)
     return dict(zip(map(int, xs), ys, strict=True))
 
 
@@ -64,16 +66,16 @@ def plot_table_curves(runs: list[tuple[str, Path]], out_dir: Path) -> list[Path]
     by_env: dict[str, dict[str, list[Path]]] = {}
     for preset, run in runs:
         ft = run / "finetune"
-        if (ft / "train.csv").is_file() and (ft / "config.yaml").is_file():
+        if (ft / "config.yaml").is_file() and read_rows(ft, "train"):
             env = yaml.safe_load((ft / "config.yaml").read_text())["finetune"]["env_id"]
             by_env.setdefault(env, {}).setdefault(preset, []).append(ft)
     made = []
     for env, presets in sorted(by_env.items()):
         fig, (train_ax, eval_ax) = plt.subplots(1, 2, figsize=(12, 4))
-        evals = {d: read_csv_rows(d / "eval.csv") for dirs in presets.values() for d in dirs}
+        evals = {d: read_rows(d, "eval") for dirs in presets.values() for d in dirs}
         key = eval_metric([r for rows in evals.values() for r in rows])
         for preset, dirs in sorted(presets.items()):
-            plot_seeds(train_ax, preset, [curve_of(read_csv_rows(d / "train.csv"), "episode_return") for d in dirs])
+            plot_seeds(train_ax, preset, [curve_of(read_rows(d, "train"), "episode_return") for d in dirs])
             curves = [curve_of(evals[d], key, mode="deterministic") for d in dirs]
             if all(curves):
                 plot_seeds(eval_ax, preset, curves)
@@ -93,13 +95,13 @@ def plot_table_curves(runs: list[tuple[str, Path]], out_dir: Path) -> list[Path]
 def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) -> list[Path]:
     """Eval return / success vs env steps, and the actor gradient norm, as PNGs."""
     made = []
-    eval_rows = read_csv_rows(finetune_dir / "eval.csv")
-    train_rows = read_csv_rows(finetune_dir / "train.csv")
+    eval_rows = read_rows(finetune_dir, "eval")
+    train_rows = read_rows(finetune_dir, "train")
     key = eval_metric(eval_rows)
     if eval_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         for mode in ("deterministic", "stochastic"):
-            xs, ys = csv_series(eval_rows, "env_step", key, mode=mode)
+            xs, ys = row_series(eval_rows, "env_step", key, mode=mode)
             if xs:
                 ax.plot(xs, ys, marker="o", label=mode)
         ax.set(xlabel="environment steps", ylabel=key.replace("_", " "), title="evaluation during fine-tuning")
@@ -110,10 +112,10 @@ def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) ->
         plt.close(fig)
     if train_rows:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        xs, ys = csv_series(train_rows, "env_step", "episode_return")
+        xs, ys = row_series(train_rows, "env_step", "episode_return")
         axes[0].plot(xs, ys)
         axes[0].set(xlabel="environment steps", ylabel="training episode return")
-        xs, ys = csv_series(train_rows, "env_step", "actor_grad_norm")
+        xs, ys = row_series(train_rows, "env_step", "actor_grad_norm")
         axes[1].plot(xs, ys)
         axes[1].set(xlabel="environment steps", ylabel="actor gradient norm", yscale="log" if ys else "linear")
         for ax in axes:
@@ -121,11 +123,11 @@ def plot_curves(finetune_dir: Path, pretrain_dir: Path | None, out_dir: Path) ->
         made.append(out_dir / "training.png")
         fig.savefig(made[-1], dpi=100, bbox_inches="tight")
         plt.close(fig)
-    pre_rows = read_csv_rows(pretrain_dir / "pretrain.csv") if pretrain_dir else []
+    pre_rows = read_rows(pretrain_dir, "pretrain") if pretrain_dir else []
     if pre_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         for y in ("flow_loss", "critic_loss"):
-            xs, ys = csv_series(pre_rows, "step", y)
+            xs, ys = row_series(pre_rows, "step", y)
             if xs:
                 ax.plot(xs, ys, label=y)
         ax.set(xlabel="pretraining steps", yscale="log", title="offline pretraining losses")
@@ -158,7 +160,7 @@ def eval_curve(eval_rows: list[dict[str, str]]) -> str | None:
     """Fine-tuning's own deterministic evaluations in one line (success rate, else return, at each env step);
     None when fine-tuning logged none."""
     key = eval_metric(eval_rows)
-    xs, ys = csv_series(eval_rows, "env_step", key, mode="deterministic")
+    xs, ys = row_series(eval_rows, "env_step", key, mode="deterministic")
     if not xs:
         return None
     fmt = "{:.0%}" if key == "success_rate" else "{:.1f}"
@@ -186,7 +188,7 @@ def build_report(evaluate_dir: str | Path, finetune_dir: str | Path, pretrain_di
         return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
     headline = before_after(results)
-    curve = eval_curve(read_csv_rows(Path(finetune_dir) / "eval.csv"))
+    curve = eval_curve(read_rows(finetune_dir, "eval"))
     lines = [f"# {title}", "", *([f"**{headline}**", ""] if headline else []), *([curve, ""] if curve else []),
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]

@@ -208,7 +208,8 @@ class MetricLog:
     def log(self, prefix: str, row: Mapping[str, Any], step: int) -> None:
         if self.logger is None:
             return
-        metrics = {f"{prefix}/{k}": float(v) for k, v in row.items()
+        # counts stay integers, so a log read back holds the same text as the CSV (pipeline.run_logs)
+        metrics = {f"{prefix}/{k}": v if isinstance(v, int) else float(v) for k, v in row.items()
                    if k != self.step_key and isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # as the CSV logs, which leave them empty
         if metrics:

@@ -1,4 +1,5 @@
-"""The report stage: table rows from the evaluate metrics, PNG curves from the CSV logs."""
+"""The report stage: table rows from the evaluate metrics, PNG curves from the logged rows (DVCLive's TSVs or the
+stages' CSVs)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.metrics import CSVLog, write_json
+from pipeline.run_logs import StageLog
 from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
 from pipeline.report import build_report, seed_band
+from pipeline.tracking import make_logger
 
 
-def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
+@pytest.mark.parametrize("logger", ["dvclive", "none"])
+def test_report_has_table_rows_and_figures(tmp_path: Path, logger: str) -> None:
     ev, ft = tmp_path / "evaluate", tmp_path / "finetune"
     write_json(ev / "metrics.json", {
         "pretrained": {"deterministic": {"mode": "deterministic", "episodes": 4, "return_mean": 0.5,
@@ -22,11 +26,14 @@ def test_report_has_table_rows_and_figures(tmp_path: Path) -> None:
         "finetuned": {"deterministic": {"mode": "deterministic", "episodes": 4, "return_mean": 1.0,
                                         "return_std": 0.0, "success_rate": 1.0, "success_length_mean": 44.5}},
     })
-    train = CSVLog(ft / "train.csv", TRAIN_COLUMNS, "env_step")
-    evals = CSVLog(ft / "eval.csv", EVAL_COLUMNS, "env_step")
+    log = StageLog(ft, {"train": TRAIN_COLUMNS, "eval": EVAL_COLUMNS}, logger)  # as fine-tuning logs
+    log.attach(make_logger(logger, ft, None))
+    log.start(None)
     for step in (100, 200, 300):
-        train.append({"env_step": step, "episode_return": step / 100, "actor_grad_norm": 1.0 / step})
-        evals.append({"env_step": step, "mode": "deterministic", "return_mean": 1.0, "success_rate": step / 300})
+        log.append("train", {"env_step": step, "episode_return": step / 100, "actor_grad_norm": 1.0 / step})
+        log.append("eval", {"env_step": step, "mode": "deterministic", "return_mean": 1.0, "success_rate": step / 300})
+    log.flush()
+    assert (ft / "train.csv").exists() == (logger == "none")
     result = build_report(ev, ft, None, tmp_path / "report", title="t")
     md = (tmp_path / "report/report.md").read_text()
     assert "| finetuned | deterministic | 4 | 1.000 |" in md
@@ -66,7 +73,7 @@ def test_plot_script_draws_seeds_and_names_bad_runs(tmp_path: Path, monkeypatch:
     runs = f"{tmp_path}/s0,{tmp_path}/s1"
     _run_plot_script(monkeypatch, "--metric", "episode_return", "--out", str(tmp_path / "c.png"), f"Flow-T={runs}")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="s0/eval.csv: no such file"):
+    with pytest.raises(SystemExit, match="s0: no eval rows logged"):
         _run_plot_script(monkeypatch, "--metric", "return_mean", "--out", str(tmp_path / "d.png"), f"a={runs}")
     with pytest.raises(SystemExit, match="expected LABEL=RUN_DIR"):
         _run_plot_script(monkeypatch, "--out", str(tmp_path / "d.png"), str(tmp_path / "s0"))

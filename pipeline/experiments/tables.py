@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, deep_merge, dotted_items, load_config, overrides_to_dict
-from pipeline.metrics import (FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_metrics, read_csv_rows, read_json,
-                              write_json)
+from pipeline.metrics import FINAL_TRAIN_KEYS, FINAL_TRAIN_WINDOW, final_training_metrics, read_json, write_json
+from pipeline.run_logs import read_rows
 
 # two-sided 95 % Student-t quantiles by degrees of freedom (n - 1); large n falls back to the normal 1.96
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -101,7 +101,7 @@ def with_training(evaluation: dict[str, Any], finetune_metrics: dict[str, Any] |
     if "return_mean" not in training:
         return evaluation
     if not any("success_rate" in r for r in evaluation.get("finetuned", {}).values()):
-        training.pop("success_rate", None)  # older train.csv files log a success of 0 where the env reports none
+        training.pop("success_rate", None)  # older train logs hold a success of 0 where the env reports none
     return {**evaluation, "finetuned": {**evaluation.get("finetuned", {}), TRAINING_MODE: training}}
 
 
@@ -179,11 +179,11 @@ def finished_runs(runs_dir: str | Path) -> list[tuple[str, Path]]:
 
 
 def _finetune_metrics(run: Path) -> dict[str, Any]:
-    """A run's finetune/metrics.json; where it predates ``train_return_final``, that entry from its train.csv."""
+    """A run's finetune/metrics.json; where it predates ``train_return_final``, that entry from its train rows."""
     path = run / "finetune" / "metrics.json"
     metrics = read_json(path) if path.exists() else {}
     if FINAL_TRAIN_KEYS["return_mean"] not in metrics:
-        metrics.update(final_training_metrics(read_csv_rows(run / "finetune" / "train.csv")))
+        metrics.update(final_training_metrics(read_rows(run / "finetune", "train")))
     return metrics
 
 

@@ -13,10 +13,10 @@ from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config, PretrainConfig
 from pipeline.distributed import all_gather_objects
 from pipeline.lightning.base import SACModule
-from pipeline.metrics import CSVLog, RunningMeans
+from pipeline.metrics import RunningMeans
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Batch
-from pipeline.tracking import MetricLog
+from pipeline.run_logs import StageLog
 from pipeline.update import SACUpdater
 
 PRETRAIN_COLUMNS = [
@@ -51,7 +51,7 @@ class OfflinePretrain(SACModule):
     (``pretrain.*``); with ``q_weight = 0`` and ``train_critic = false`` it is plain flow BC.
 
     Under DDP every rank holds the whole dataset and draws its own batch from its own random stream; the
-    gradients are averaged in ``manual_backward``. Log rows average the ranks' metrics; rank 0 writes the CSV and
+    gradients are averaged in ``manual_backward``. Log rows average the ranks' metrics; rank 0 writes the log and
     the checkpoints, which carry every rank's random state so that a resumed run continues each rank's stream.
     """
 
@@ -63,10 +63,10 @@ class OfflinePretrain(SACModule):
         # identifies the run a checkpoint may resume (pipeline.workflow.common.run_fingerprint)
         self.fingerprint = fingerprint
         self.step_count = 0
-        self.log_csv = CSVLog(self.run_dir / "pretrain.csv", PRETRAIN_COLUMNS, "step")
+        # rows to the Trainer's logger (trainer.logger) at the update count, as pretrain/<column>, and to
+        # pretrain.csv unless the logger is DVCLive; rank 0 alone starts it and writes
+        self.log_rows = StageLog(self.run_dir, {"pretrain": PRETRAIN_COLUMNS}, cfg.trainer.logger)
         self.means = RunningMeans()
-        # the CSV's rows to the Trainer's logger (trainer.logger) at the update count: pretrain/<column>
-        self.metric_log = MetricLog(None, "step")
         # (step, perf_counter) after the first and the latest update of this fit: throughput without the first
         # update, which pays for lazy set-up (DDP builds its gradient buckets then)
         self._first_timed: tuple[int, float] | None = None
@@ -75,11 +75,11 @@ class OfflinePretrain(SACModule):
     def on_fit_start(self) -> None:
         self.buffer = self.buffer_of(self.dataset)
         self.updater = self.make_updater()
-        self.metric_log = MetricLog(self.logger if self.trainer.is_global_zero else None, "step")
         if self.resume_state is not None:
             self.load_state(self.resume_state)
-        elif self.trainer.is_global_zero:
-            self.log_csv.reset()
+        if self.trainer.is_global_zero:
+            self.log_rows.attach(self.logger)
+            self.log_rows.start(self.step_count if self.resume_state is not None else None)
         steps = all_gather_objects((self.step_count, self.fingerprint))
         if len(set(steps)) > 1:
             raise RuntimeError(f"DDP ranks start from different checkpoints (step, run) = {steps}: every rank must "
@@ -95,8 +95,7 @@ class OfflinePretrain(SACModule):
             row = {k: v for k, v in self._mean_over_ranks(self.means.pop()).items() if k in PRETRAIN_COLUMNS}
             row.update(step=self.step_count, alpha=self.agent.alpha.item(), skipped_updates=self.updater.skipped)
             if self.trainer.is_global_zero:
-                self.log_csv.append(row)
-                self.metric_log.log("pretrain", row, self.step_count)
+                self.log_rows.append("pretrain", row)
         if self.step_count % pt.checkpoint_every == 0:
             self.save()
         if self.trainer.world_size == 1:  # data-parallel ranks stop together only at their collective checkpoints
@@ -148,12 +147,10 @@ class OfflinePretrain(SACModule):
                                f"has {world} ranks")
         self.means.load_state_dict(ranks[rank]["means"], self.device)
         set_rng_state(ranks[rank]["rng"])
-        if self.trainer.is_global_zero:
-            self.log_csv.truncate_after(self.step_count)
 
     def save(self) -> None:
         """Checkpoint (rank 0 writes). A collective under DDP: every rank calls it at the same steps."""
         ranks = all_gather_objects({"rng": rng_state(), "means": self.means.state_dict()})
         if self.trainer.is_global_zero:
-            self.metric_log.flush()  # what a resume continues from: every row up to this step is on disk
+            self.log_rows.flush()  # what a resume continues from: every row up to this step is on disk
             save_checkpoint(self.state(ranks), self.run_dir / RUN_CHECKPOINT)

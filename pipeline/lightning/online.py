@@ -11,7 +11,6 @@ from pipeline.buffers import OfflineOnlineSampler, ReplayBuffer
 from pipeline.config import Config
 from pipeline.lightning.base import SACModule
 from pipeline.online import OnlineRunner
-from pipeline.tracking import MetricLog
 
 
 class OnlineFinetune(SACModule):
@@ -51,12 +50,11 @@ class OnlineFinetune(SACModule):
         updater = self.make_updater()
         self.runner = OnlineRunner(cfg, self.agent, updater, self.env, self.eval_env, sampler, self.run_dir,
                                    from_scratch=self.from_scratch, fingerprint=self.fingerprint)
-        self.runner.metric_log = MetricLog(self.logger, "env_step")  # the Trainer's logger (trainer.logger)
+        self.runner.log_rows.attach(self.logger)  # the Trainer's logger (trainer.logger)
         if self.resume_state is not None:
             self.runner.load_state_dict(self.resume_state)
         else:
-            self.runner.train_log.reset()
-            self.runner.eval_log.reset()
+            self.runner.log_rows.start(None)
             sampler.seed_offline()
             if not self.from_scratch and self.eval_env is not None and cfg.finetune.eval_episodes > 0:
                 self.runner.run_eval()  # step 0 of the curve: the pretrained agent before any online step

@@ -73,13 +73,13 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
         runner = module.runner
         evaluated_last_step = runner.last_eval_step == runner.env_step
         final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}
-        runner.metric_log.flush()  # the closing evaluation comes after fit's own last flush
+        runner.log_rows.flush()  # the closing evaluation comes after fit's own last flush
     metrics: dict[str, Any] = {"stage": "finetune", "env_id": ft.env_id, "env_steps": runner.env_step,
                                "updates": runner.updater.updates, "episodes": runner.episodes,
                                "seconds": time.perf_counter() - t0, "resumed_from": start,
                                "from_pretrained": ft.from_pretrained, "skipped_updates": runner.updater.skipped,
                                "env_errors": runner.env_errors, **runner.sampler.composition()}
-    rows = runner.train_log.rows()
+    rows = runner.log_rows.rows("train")
     for phase in PHASES:  # share of the wall time, averaged over the log rows
         shares = [float(r[f"{phase}_share"]) for r in rows if r.get(f"{phase}_share") not in ("", None)]
         if shares:

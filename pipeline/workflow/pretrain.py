@@ -51,7 +51,7 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
             trainer.fit(module, datamodule=StepDataModule(start, total))
     if rank != 0:
         return {}
-    rows = module.log_csv.rows()
+    rows = module.log_rows.rows("pretrain")  # from the files: also when this call resumed a finished run
     world = trainer.world_size
     metrics = {"stage": "pretrain", "steps": total, "dataset": cfg.pretrain.dataset.source,
                "transitions": len(dataset), "seconds": time.perf_counter() - t0, "resumed_from": start,
