@@ -1,4 +1,5 @@
-"""Metric files a run writes: per-step CSV tables (DVC plots) and a JSON summary (DVC metrics).
+"""Metric files a run writes: per-step CSV tables (a stage's own log where its logger is not DVCLive,
+:mod:`pipeline.run_logs`) and a JSON summary (DVC metrics).
 
 CSV columns are fixed when the file is created, so early rows (before the first update) and later rows line up;
 a resumed run drops the rows written after its checkpoint before appending, so no step is counted twice.
@@ -124,8 +125,8 @@ FINAL_TRAIN_KEYS = {"return_mean": "train_return_final", "success_rate": "train_
 def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TRAIN_WINDOW) -> dict[str, float]:
     """Mean return and success of the training episodes that ended in the last ``window`` share of the env steps.
 
-    ``rows``: train rows (:func:`pipeline.run_logs.read_rows`), whose ``episode_return`` averages the episodes that ended since the row before (their
-    number is the rise of ``episodes``), so the mean weighs every episode once. It averages the policies of many
+    ``rows``: train rows (:func:`pipeline.run_logs.read_rows`), whose ``episode_return`` averages the episodes that
+    ended since the row before (their number is the rise of ``episodes``), so the mean weighs every episode once. It averages the policies of many
     updates, where an evaluation reads one checkpoint, whose return can swing between standing and falling from one
     update to the next (docs/results.md). Returns ``{"return_mean", "episodes"}`` and, where the env reports success,
     ``"success_rate"``; ``{}`` when no episode ended in the window.

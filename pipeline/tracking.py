@@ -5,7 +5,9 @@ A training stage logs each metric row it writes (``pipeline.online`` train/eval 
 pretrain rows) to the logger at the run's own step: env steps online, updates offline, so curves of a resumed run
 and of runs with other settings line up. The logger is flushed before every checkpoint, and a resumed run first cuts
 the log back to its checkpoint's step (rows a killed run wrote after it are dropped), so the log stays one
-continuous record with no step twice and none missing after a ``kill -9``.
+continuous record with no step twice and none missing after a ``kill -9``. At its end a stage logs its summary
+(its ``metrics.json`` entries) as ``<stage>/<key>`` (:func:`log_summary`). Which files hold a run's rows, and
+reading them back: :mod:`pipeline.run_logs`.
 
 Lightning (and the loggers) are imported when a logger is made: evaluation and collection need none of it.
 """
@@ -40,6 +42,8 @@ class LoggerKind:
     install: str  # how to get it, for the error when it is missing
     make: Callable[[Path, int | None], Logger]
     truncate: Callable[[Path, int], None]  # drop what was logged after a step (resume)
+    # a stage's closing summary (summarize(logger, metrics, step)): where the logger keeps values without a curve
+    summarize: Callable[[Logger, Mapping[str, float], int], None]
 
 
 def _make_dvclive(log_dir: Path, resume_step: int | None) -> Logger:
@@ -64,6 +68,15 @@ def _make_dvclive(log_dir: Path, resume_step: int | None) -> Logger:
     # own (inside `dvc exp run`, DVC saves the experiment)
     return StepDVCLiveLogger(dir=str(log_dir), resume=resume_step is not None, dvcyaml=False, save_dvc_exp=False,
                                  report=None)
+
+
+def _summarize_dvclive(logger: Logger, metrics: Mapping[str, float], step: int) -> None:
+    """Into DVCLive's summary (``metrics.json``, what ``dvc exp show`` lists) only: no TSV, no plot; a resumed run
+    drops them with the rest of the summary it rebuilds (:func:`_truncate_dvclive`) and logs them again at its end."""
+    live = logger.experiment
+    for name, value in metrics.items():
+        live.log_metric(name, value, plot=False)
+    live.sync()
 
 
 def _truncate_dvclive(log_dir: Path, step: int) -> None:
@@ -117,6 +130,12 @@ def _make_tensorboard(log_dir: Path, resume_step: int | None) -> Logger:
                              **purge)
 
 
+def _summarize_at_step(logger: Logger, metrics: Mapping[str, float], step: int) -> None:
+    """As scalars at the run's last step (TensorBoard has no values without a step)."""
+    logger.log_metrics(dict(metrics), step=step)
+    logger.save()
+
+
 def _truncate_nothing(log_dir: Path, step: int) -> None:
     """TensorBoard drops the later events itself (``purge_step``)."""
 
@@ -137,6 +156,13 @@ def _make_csv(log_dir: Path, resume_step: int | None) -> Logger:
     return logger
 
 
+def _summarize_csv(logger: Logger, metrics: Mapping[str, float], step: int) -> None:
+    """Into ``hparams.yaml`` under ``summary``: Lightning's CSV logger keeps values without a step there (a row of
+    metrics.csv at the last step would be written again by a rerun of the finished stage)."""
+    logger.log_hyperparams({"summary": dict(metrics)})
+    logger.save()
+
+
 def _truncate_csv(log_dir: Path, step: int) -> None:
     path = log_dir / "metrics.csv"
     if not path.exists():
@@ -154,10 +180,11 @@ def _truncate_csv(log_dir: Path, step: int) -> None:
 
 LOGGERS: dict[str, LoggerKind] = {
     "dvclive": LoggerKind("dvclive", "dvclive", "pip install dvclive==3.49.1 (a default dependency of sacflow)",
-                          _make_dvclive, _truncate_dvclive),
+                          _make_dvclive, _truncate_dvclive, _summarize_dvclive),
     "tensorboard": LoggerKind("tensorboard", "tensorboard", "pip install 'sacflow[tensorboard]'",
-                              _make_tensorboard, _truncate_nothing),
-    "csv": LoggerKind("lightning_csv", "lightning", "pip install lightning", _make_csv, _truncate_csv),
+                              _make_tensorboard, _truncate_nothing, _summarize_at_step),
+    "csv": LoggerKind("lightning_csv", "lightning", "pip install lightning", _make_csv, _truncate_csv,
+                      _summarize_csv),
 }
 NO_LOGGER = "none"
 
@@ -219,6 +246,21 @@ class MetricLog:
         """Put everything logged so far on disk (before a checkpoint: a resumed run continues from there)."""
         if self.logger is not None:
             self.logger.save()
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    """The entries of a stage's ``metrics.json`` a logger can take: finite numbers (text and flags left out)."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def log_summary(kind: str, logger: Logger | None, prefix: str, metrics: Mapping[str, Any], step: int) -> None:
+    """A stage's closing summary (its ``metrics.json`` entries, :func:`summary_metrics`) to the ``kind`` logger
+    ``logger`` as ``<prefix>/<key>``, where that logger keeps values without a curve (``LoggerKind.summarize``:
+    DVCLive's summary, so ``dvc exp show`` lists them); ``step``: the run's last step. Nothing without a logger."""
+    if logger is None or kind == NO_LOGGER:
+        return
+    LOGGERS[kind].summarize(logger, {f"{prefix}/{k}": v for k, v in summary_metrics(metrics).items()}, step)
 
 
 def read_metric(log_dir: str | Path, name: str) -> list[tuple[int, float]]:

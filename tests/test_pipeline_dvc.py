@@ -166,9 +166,19 @@ def test_dvc_repro_runs_every_stage_then_reruns_only_what_a_dataset_swap_affects
         assert 0.0 <= result["deterministic"]["success_rate"] <= 1.0
     report = (repo / "runs/report/report.md").read_text()
     assert "| finetuned | deterministic |" in report and "| pretrained | deterministic |" in report
-    assert any(p.suffix == ".png" for p in (repo / "runs/report").iterdir())
+    # one copy of the logged rows, DVCLive's, and the report drew its curves from them
+    assert not list((repo / "runs").glob("*/*.csv"))
+    assert "evaluations during fine-tuning (success rate @ env step): " in report
+    figures = {p.name for p in (repo / "runs/report").iterdir()}
+    assert {"pretrain.png", "training.png", "eval_success_rate.png"} <= figures
     metrics = _run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "runs/finetune/metrics.json" in metrics
+    # the stages' summaries, as dvc reads them from DVCLive's metrics.json
+    (workspace,) = json.loads(metrics).values()  # the one revision shown: the workspace
+    shown = workspace["data"]
+    finetune_summary = shown["runs/finetune/dvclive/metrics.json"]["data"]["finetune"]
+    assert finetune_summary["env_steps"] == json.loads((repo / "runs/finetune/metrics.json").read_text())["env_steps"]
+    assert shown["runs/pretrain/dvclive/metrics.json"]["data"]["pretrain"]["steps"] > 0
     assert "Data and pipelines are up to date" in _run(["dvc", "status"], repo).stdout
 
     # Export the first two demos as a D4RL-format file with the project's own writer, then pretrain on it.

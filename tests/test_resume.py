@@ -19,7 +19,7 @@ from conftest import run_killed_after_first_checkpoint
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
 from pipeline.run_logs import read_rows
-from pipeline.tracking import read_metric
+from pipeline.tracking import read_metric, read_summary
 from pipeline.workflow.finetune import finetune
 from pipeline.workflow.pretrain import pretrain
 
@@ -70,7 +70,12 @@ def assert_resumes_bit_identically(tmp_path: Path, overrides: list[str], pretrai
     copies = first["copies"]
     assert not copies["needs_reset"].all(), "the kill should leave an episode in flight to replay"
     assert any(start[0] == "rng" for start in copies["episode_starts"]), "no episode began from the env's generator"
-    assert finetune(cfg, resumed, pretrained)["resumed_from"] == first["env_step"]
+    metrics = finetune(cfg, resumed, pretrained)
+    assert metrics["resumed_from"] == first["env_step"]
+    # the stage's summary in DVCLive's (what dvc exp show lists), logged once more by the resumed run
+    summary = read_summary(resumed / "dvclive")["finetune"]
+    assert summary["resumed_from"] == first["env_step"] and summary["env_steps"] == cfg.finetune.total_steps
+    assert summary["updates"] == metrics["updates"] and "buffer_mode" not in summary
     a, b = load_checkpoint(run_checkpoint(straight)), load_checkpoint(run_checkpoint(resumed))
     assert a["env_step"] == b["env_step"] and a["updater"]["updates"] == b["updater"]["updates"]
     assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == [], "weights differ"
@@ -96,7 +101,11 @@ def test_pretraining_logs_the_same_rows_to_dvclive_as_to_its_csv(lift_data: Path
     assert (tmp_path / "pretrain.csv").is_file() and not (pretrained[1] / "pretrain.csv").exists()
     rows = _rows(pretrained[1], "pretrain")
     assert rows and rows == _rows(tmp_path, "pretrain")
-    assert [s for s, _ in read_metric(pretrained[1] / "dvclive", "pretrain/flow_loss")] == [int(r["step"]) for r in rows]
+    logged = read_metric(pretrained[1] / "dvclive", "pretrain/flow_loss")
+    assert [s for s, _ in logged] == [int(r["step"]) for r in rows]
+    summary = read_summary(pretrained[1] / "dvclive")["pretrain"]
+    assert summary["steps"] == int(rows[-1]["step"]) and summary["seconds"] > 0
+    assert summary["flow_loss"] == float(rows[-1]["flow_loss"]) and "final_flow_loss" not in summary
 
 
 def _overrides(lift_data: Path, start: str, mode: str, copies: int, chunk: int) -> list[str]:

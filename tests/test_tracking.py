@@ -9,10 +9,11 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import tracking
 from pipeline.config import ConfigError, TrackingLogger, load_config
-from pipeline.tracking import LOGGERS, NO_LOGGER, MetricLog, make_logger, read_metric, read_summary
+from pipeline.tracking import LOGGERS, NO_LOGGER, MetricLog, log_summary, make_logger, read_metric, read_summary
 from pipeline.workflow.common import check_logger
 
 
@@ -94,3 +95,38 @@ def test_every_kind_is_installed_or_says_how(tmp_path: Path) -> None:
     for kind in LOGGERS:
         problem = tracking.missing_package(kind)
         assert problem is None or LOGGERS[kind].install in problem
+
+
+def test_a_stage_summary_goes_where_each_logger_keeps_values_without_a_curve(tmp_path: Path) -> None:
+    summary = {"stage": "finetune", "env_steps": 400, "seconds": 12.5, "from_pretrained": True,
+               "eval_deterministic_return_mean": float("nan")}
+    kept = {"finetune/env_steps": 400, "finetune/seconds": 12.5}  # text, flags and non-finite values left out
+    logger = make_logger("dvclive", tmp_path, None)
+    _log(logger, range(0, 4))
+    log_summary("dvclive", logger, "finetune", summary, 3)
+    assert read_summary(tmp_path / "dvclive") == {"train": {"loss": 7.0}, "finetune": {"env_steps": 400,
+                                                                                     "seconds": 12.5}, "step": 3}
+    assert sorted(p.name for p in (tmp_path / "dvclive").rglob("*.tsv")) == ["loss.tsv"]  # no curve of them
+    make_logger("dvclive", tmp_path, resume_step=2)  # a resumed run logs its summary again at its end
+    assert "finetune" not in read_summary(tmp_path / "dvclive")
+
+    csv_logger = make_logger("csv", tmp_path, None)
+    _log(csv_logger, range(0, 2))
+    log_summary("csv", csv_logger, "finetune", summary, 1)
+    hparams = yaml.safe_load((tmp_path / "lightning_csv" / "hparams.yaml").read_text())
+    assert hparams == {"summary": kept}
+    log_summary("none", None, "finetune", summary, 1)  # no logger: nothing, no error
+
+
+def test_tensorboard_takes_a_stage_summary_as_scalars_at_the_last_step(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard is the optional extra sacflow[tensorboard]")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = make_logger("tensorboard", tmp_path, None)
+    _log(logger, range(0, 3))
+    log_summary("tensorboard", logger, "pretrain", {"seconds": 4.0, "stage": "pretrain"}, 2)
+    logger.experiment.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("pretrain/seconds")] == [(2, 4.0)]
+    assert "pretrain/stage" not in events.Tags()["scalars"]

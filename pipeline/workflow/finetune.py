@@ -14,6 +14,7 @@ from pipeline.envs import make_env, make_vector_env
 from pipeline.metrics import final_training_metrics, write_json
 from pipeline.online import PHASES
 from pipeline.terminal import stage_progress
+from pipeline.tracking import log_summary
 from pipeline.workflow import Input, Stage
 from pipeline.workflow.common import (check_logger, check_single_process, env_options_for, finetune_dataset,
                                       load_offline, make_eval_envs, make_trainer, prepare, resume_state,
@@ -89,6 +90,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
             if k in result:
                 metrics[f"eval_{mode}_{k}"] = result[k]
     metrics.update(final_training_metrics(rows))
+    log_summary(cfg.trainer.logger, logger, "finetune", metrics, runner.env_step)  # dvc exp show: finetune.<key>
     write_json(out / "metrics.json", metrics)
     return metrics
 

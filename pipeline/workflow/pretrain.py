@@ -10,6 +10,7 @@ from pipeline.config import Config, ConfigError, as_run
 from pipeline.distributed import process_rank
 from pipeline.metrics import write_json
 from pipeline.terminal import stage_progress
+from pipeline.tracking import log_summary
 from pipeline.workflow import Stage
 from pipeline.workflow.common import (check_logger, load_offline, make_trainer, prepare, resume_state,
                                       run_fingerprint, stage_logger, training_transitions)
@@ -60,6 +61,10 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
         metrics["updates_per_second"] = module.updates_per_second
     if rows:
         metrics.update({f"final_{k}": float(v) for k, v in rows[-1].items() if v not in ("", None) and k != "step"})
+    # the summary beside the rows (dvc exp show: pretrain.seconds, ...); the final_ entries are the last row's
+    # values, which the logger holds already as pretrain/<column>
+    log_summary(cfg.trainer.logger, trainer.logger, "pretrain",
+                {k: v for k, v in metrics.items() if not k.startswith("final_")}, max(start, module.step_count))
     write_json(out / "metrics.json", metrics)
     return metrics
 
