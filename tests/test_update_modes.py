@@ -124,7 +124,8 @@ def test_compiled_crossq_updates_match_eager(batch_renorm: str) -> None:
     torch.compiler.reset()
     compiled = crossq_updates("compile", 4, batch_renorm=batch_renorm)
     assert ["actor_loss" in info for info in eager[1]] == [False, True, False, True]
-    # 3e-4: on a 2-core AMD EPYC (AVX-512) a critic loss of the four differs by 1.4e-4 of itself: the bias steps described below
+    # 3e-4: on a 2-core AMD EPYC (AVX-512) a critic loss of the four differs by 1.4e-4 of itself (the bias steps
+    # that assert_same_losses_and_statistics describes)
     assert_same_losses_and_statistics(eager, compiled, ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"),
                                       rtol=3e-4)
     agent = compiled[0].agent
