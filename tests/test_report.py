@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.metrics import CSVLog, write_json
+from pipeline.metrics import write_json
 from pipeline.run_logs import StageLog
 from pipeline.online import EVAL_COLUMNS, TRAIN_COLUMNS
 from pipeline.report import build_report, seed_band
@@ -66,10 +66,19 @@ def test_seed_band_is_mean_min_max_over_the_steps_all_seeds_logged() -> None:
 
 
 def test_plot_script_draws_seeds_and_names_bad_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for seed in (0, 1):
-        train = CSVLog(tmp_path / f"s{seed}/train.csv", TRAIN_COLUMNS, "env_step")
+    for seed, logger in ((0, "none"), (1, "dvclive")):  # a stage's CSV and a DVCLive log, read alike
+        log = StageLog(tmp_path / f"s{seed}", {"train": TRAIN_COLUMNS}, logger)
+        log.attach(make_logger(logger, tmp_path / f"s{seed}", None))
+        log.start(None)
         for step in (100, 200, 300):
-            train.append({"env_step": step, "episode_return": step + seed})
+            log.append("train", {"env_step": step, "episode_return": step + seed})
+        log.flush()
+    assert (tmp_path / "s0/train.csv").is_file() and not (tmp_path / "s1/train.csv").exists()
+    run_curve = runpy.run_path(PLOT_SCRIPT)["run_curve"]
+    for seed in (0, 1):
+        assert run_curve(tmp_path / f"s{seed}", "episode_return", "deterministic") == {100: 100.0 + seed,
+                                                                                     200: 200.0 + seed,
+                                                                                     300: 300.0 + seed}
     runs = f"{tmp_path}/s0,{tmp_path}/s1"
     _run_plot_script(monkeypatch, "--metric", "episode_return", "--out", str(tmp_path / "c.png"), f"Flow-T={runs}")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
