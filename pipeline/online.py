@@ -28,9 +28,9 @@ from pipeline.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from pipeline.config import Config
 from pipeline.evaluation import evaluate
 from pipeline.metrics import RunningMeans
+from pipeline.run_logs import StageLog
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import SACAgent, training_reward
-from pipeline.run_logs import StageLog
 from pipeline.update import SACUpdater
 
 # where the wall time between two log rows went (``<phase>_share`` columns, fractions; the rest is logging, buffer

@@ -14,9 +14,9 @@ from pipeline.config import Config, PretrainConfig
 from pipeline.distributed import all_gather_objects
 from pipeline.lightning.base import SACModule
 from pipeline.metrics import RunningMeans
+from pipeline.run_logs import StageLog
 from pipeline.runtime import rng_state, set_rng_state
 from pipeline.sac import Batch
-from pipeline.run_logs import StageLog
 from pipeline.update import SACUpdater
 
 PRETRAIN_COLUMNS = [
