@@ -16,7 +16,12 @@ _requested: list[int] = []  # the signals received since the last reset
 
 
 class StopRequested(Exception):
-    """The stage saved its checkpoint at a step boundary and stopped, as a signal asked."""
+    """The stage stopped as a signal asked: a training stage after saving the checkpoint of a step boundary
+    (``resumable``), a stage without checkpoints (collect) with nothing written."""
+
+    def __init__(self, message: str, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 def request_stop(signum: int, frame: FrameType | None = None) -> None:
@@ -54,3 +59,11 @@ def check(save: Callable[[], None], step: int) -> None:
         save()
         raise StopRequested(f"stopped by signal {signal.Signals(_requested[0]).name} after step {step}, "
                             "checkpoint saved")
+
+
+def check_unsaved(done: int, total: int, what: str) -> None:
+    """After an item of a stage that keeps no checkpoint (a collected episode): if a stop was requested, raise
+    :class:`StopRequested` at once, before anything is written (a partial dataset is not a dataset)."""
+    if _requested:
+        raise StopRequested(f"stopped by signal {signal.Signals(_requested[0]).name} after {done} of {total} "
+                            f"{what}, nothing written", resumable=False)

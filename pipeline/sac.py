@@ -190,7 +190,7 @@ def _policy_terms(agent: SACAgent, obs: torch.Tensor, batch: Batch, bc_weight: f
         if q_weight > 0:
             if agent.crossq:
                 agent.critic.eval()  # the actor reads Q with running statistics and must not move them
-            q = agent.q_agg(agent.critic(obs, actions))
+            q = agent.q_agg(q_of_actions(agent, obs, actions))
             if agent.crossq:
                 agent.critic.train()
             # log_prob keeps its graph: the entropy term must train the actor (and a learned sigma) too
@@ -201,6 +201,16 @@ def _policy_terms(agent: SACAgent, obs: torch.Tensor, batch: Batch, bc_weight: f
             loss = loss + bc_weight * bc
             info["bc_mse"] = bc.detach()
     return loss
+
+
+def q_of_actions(agent: SACAgent, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """``Q_k(s, a~) [n, B]`` for the actor's loss, through the critic's weights detached.
+
+    The actor needs dQ/da~ only. With live weights the backward pass would also form dQ/dtheta_Q, the critic's
+    weight-gradient products (a third of its backward), only for the next critic step to zero them.
+    """
+    weights = {name: w.detach() for name, w in agent.critic.named_parameters()}
+    return torch.func.functional_call(agent.critic, weights, (obs, actions))
 
 
 def alpha_loss(agent: SACAgent, log_prob: torch.Tensor) -> torch.Tensor:

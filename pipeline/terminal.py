@@ -113,7 +113,8 @@ def exit_code(command: Callable[[], Any]) -> tuple[int, Any]:
     try:
         return 0, command()
     except StopRequested as e:
-        console.print(f"[yellow]{escape(str(e))}[/yellow]: run the same command again to resume")
+        again = "resume" if e.resumable else "start over"
+        console.print(f"[yellow]{escape(str(e))}[/yellow]: run the same command again to {again}")
         return 128 + 15, None
     except ConfigError as e:
         console.print(f"[red]config error:[/red] {escape(str(e))}")

@@ -5,12 +5,15 @@ offline-to-online run on cube-double task 2."""
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline import preemption
 from pipeline.collection.ogbench_play import collect_ogbench_play, val_path_of
 from pipeline.config import ConfigError, load_config
 from pipeline.data import DatasetError, load_dataset
@@ -169,3 +172,16 @@ def test_cube_double_smoke_offline_to_online(tmp_path: Path) -> None:
     result = ev["finetuned"]["deterministic"]
     assert "success_rate" in result and 0.0 <= result["success_rate"] <= 1.0
     assert torch.isfinite(torch.tensor(result["return_mean"]))
+
+
+def test_sigterm_stops_collection_after_an_episode_with_nothing_written(tmp_path: Path) -> None:
+    """collect keeps no checkpoint: a stop request ends it after the episode in progress, before any file exists."""
+    out = tmp_path / "play.npz"
+    cfg = load_config("cube_double_smoke", [f"collect.out={out}", "collect.episodes=3", "collect.horizon=21",
+                                            "trainer.progress=false"])
+    with preemption.stopping_on(signal.SIGTERM):
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(preemption.StopRequested, match="after 1 of 4 episodes, nothing written") as stop:
+            collect(cfg, tmp_path / "collect")
+    assert not stop.value.resumable
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.batch_renorm import ActorBatchRenorm
+from pipeline.batch_renorm import ActorBatchRenorm, batch_statistics
 from pipeline.buffers import ReplayBuffer
 from pipeline.config import SACConfig
 from pipeline.critics import QEnsemble
@@ -120,6 +120,32 @@ def test_entropy_term_alone_trains_the_actor(policy: dict, critic: dict) -> None
     for k, p in agent.actor.named_parameters():
         if k in grads:
             torch.testing.assert_close(p.grad, grads[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("policy", "critic"), [VARIANTS[0], VARIANTS[5], VARIANTS[8]], ids=[IDS[0], IDS[5], IDS[8]])
+def test_actor_loss_reads_q_through_detached_critic_weights(policy: dict, critic: dict) -> None:
+    """The actor's gradients equal those through the live critic, and the critic's weights get none."""
+    agent = tiny_agent(policy, critic, init_alpha=0.2)
+    batch = random_batch(16)
+    torch.manual_seed(5)
+    actor_loss(agent, batch)[0].backward()
+    grads = {k: p.grad.clone() for k, p in agent.actor.named_parameters() if p.grad is not None}
+    assert grads and all(p.grad is None for p in agent.critic.parameters())
+
+    # the same loss with the critic called directly (its weights live)
+    agent.actor.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    obs = agent.normalize(batch.obs)
+    with batch_statistics(agent.actor):
+        actions, log_prob = agent.actor.sample(obs, noise_std=agent.actor_noise_std)
+    agent.critic.eval()
+    q = agent.q_agg(agent.critic(obs, actions))
+    agent.critic.train()
+    (agent.alpha.detach() * log_prob - q).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.critic.parameters())
+    for k, p in agent.actor.named_parameters():
+        if k in grads:
+            torch.testing.assert_close(p.grad, grads[k], rtol=1e-5, atol=1e-7)
 
 
 def test_bc_weight_adds_lambda_times_action_mse() -> None:

@@ -124,8 +124,10 @@ def test_compiled_crossq_updates_match_eager(batch_renorm: str) -> None:
     torch.compiler.reset()
     compiled = crossq_updates("compile", 4, batch_renorm=batch_renorm)
     assert ["actor_loss" in info for info in eager[1]] == [False, True, False, True]
+    # 3e-4: on a 2-core AMD EPYC (AVX-512) a critic loss of the four differs by 1.4e-4 of itself (the bias steps
+    # that assert_same_losses_and_statistics describes)
     assert_same_losses_and_statistics(eager, compiled, ("critic_loss", "q_mean", "target_mean", "log_prob", "alpha"),
-                                      rtol=1e-4)
+                                      rtol=3e-4)
     agent = compiled[0].agent
     assert int(agent.critic.net[0].steps) == 4 and int(agent.actor.obs_norm.steps) == 2
 

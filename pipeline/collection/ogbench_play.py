@@ -16,6 +16,7 @@ the oracles and the script draw from), so the data are the same whatever the num
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,12 @@ def _episode(seed: int) -> dict[str, np.ndarray]:
 
 
 def _save(path: Path, episodes: list[dict[str, np.ndarray]]) -> int:
+    """Write ``episodes`` to ``path`` through a temporary file: an interrupted write leaves no partial dataset."""
     data = {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
-    np.savez_compressed(path, **data)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:  # a file object: savez would append .npz to a path
+        np.savez_compressed(f, **data)
+    os.replace(tmp, path)
     return int(len(data["terminals"]))
 
 

@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline import preemption
 from pipeline.config import Config, ConfigError
 from pipeline.envs.factory import ROBOSUITE_PREFIX
 from pipeline.metrics import write_json
@@ -37,6 +39,14 @@ def _agent_policy(cfg: Config, run: str, space: Any, obs_dim: int) -> Any:
     return policy
 
 
+def _progress(bar: Callable[[int], None]) -> Callable[[int, int], None]:
+    """The collectors' progress callback: advance the bar, then stop (nothing written) if SIGTERM came."""
+    def report(done: int, total: int) -> None:
+        bar(done)
+        preemption.check_unsaved(done, total, "episodes")
+    return report
+
+
 def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     """Make ``cfg.collect.out``; write the collection statistics to ``out_dir/metrics.json``."""
     c = cfg.collect
@@ -55,7 +65,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
         with stage_progress("collect", c.episodes, 0, cfg.trainer.progress) as bar:
             stats = collect_robosuite_demos(c.env_id[len(ROBOSUITE_PREFIX):], c.out, c.episodes,
                                             noise_levels=c.noise_levels, seed=cfg.seed, horizon=c.horizon,
-                                            progress=lambda done, total: bar(done), operators=c.operators)
+                                            progress=_progress(bar), operators=c.operators)
         stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
     elif c.kind == "ogbench_play":
         from pipeline.collection.ogbench_play import PLAY_EPISODE_STEPS, collect_ogbench_play
@@ -65,7 +75,7 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
             try:
                 stats = collect_ogbench_play(c.env_id, c.out, c.episodes, seed=cfg.seed, workers=c.workers,
                                              max_episode_steps=c.horizon or PLAY_EPISODE_STEPS,
-                                             progress=lambda done, total: bar(done))
+                                             progress=_progress(bar))
             except ValueError as e:
                 raise ConfigError(str(e)) from None
     else:
