@@ -13,8 +13,16 @@ from pipeline.collection.robosuite_demos import collect_robosuite_demos
 from pipeline.config import ConfigError, load_config
 from pipeline.data.robomimic_io import load_robomimic
 from pipeline.data.robomimic_masks import MH_OPERATORS, mh_masks
-from pipeline.envs import make_env
-from pipeline.envs.scripted import GRIPPER_CLOSED, GRIPPER_OPEN, OPERATORS, LiftPolicy, Operator, make_scripted_policy
+from pipeline.envs import RobosuiteEnv, make_env
+from pipeline.envs.scripted import (
+    GRIPPER_CLOSED,
+    GRIPPER_OPEN,
+    OPERATORS,
+    LiftPolicy,
+    NutAssemblySquarePolicy,
+    Operator,
+    make_scripted_policy,
+)
 
 
 def test_mh_masks_name_and_fill_every_subset_robomimic_writes() -> None:
@@ -105,7 +113,7 @@ def test_operators_recordings_are_written_with_mh_masks(tmp_path: Path, task: st
     assert steps["better"] < steps["worse"]
 
 
-def square_episode(env, operator: str | None, seed: int) -> tuple[bool, int]:
+def square_episode(env: RobosuiteEnv, operator: str | None, seed: int) -> tuple[bool, int]:
     """One NutAssemblySquare episode of the scripted demonstrator on reset seed ``seed``: (success, steps)."""
     policy = make_scripted_policy("NutAssemblySquare", rng=seed, operator=operator)
     env.reset(seed=seed)
@@ -118,14 +126,14 @@ def square_episode(env, operator: str | None, seed: int) -> tuple[bool, int]:
 
 
 @pytest.fixture(scope="module")
-def square():
+def square() -> RobosuiteEnv:
     env = make_env("robosuite/NutAssemblySquare", seed=0)
     yield env
     env.close()
 
 
 @pytest.mark.parametrize(("operator", "seed"), [(None, 0), (None, 4), ("better_operator_1", 1)])
-def test_square_demonstrator_puts_the_nut_on_the_peg(square, operator: str | None, seed: int) -> None:
+def test_square_demonstrator_puts_the_nut_on_the_peg(square: RobosuiteEnv, operator: str | None, seed: int) -> None:
     # docs/results.md: the clean script 20/20 on reset seeds 0-19, better_operator_1 10/10 (seed 4 is the placement
     # whose handle faces the robot, where a grasp at the handle's centre lands a finger on the nut's ring)
     success, steps = square_episode(square, operator, seed)
@@ -146,3 +154,16 @@ def test_square_operators_succeed_at_their_measured_rates(tmp_path: Path) -> Non
     worse = per["worse_operator_1"]["successes"] + per["worse_operator_2"]["successes"]
     assert 10 <= worse <= 18, per
     assert per["better_operator_1"]["steps"] < per["worse_operator_2"]["steps"]
+
+
+def test_square_turns_the_nut_square_to_the_peg_with_the_handle_within_reach() -> None:
+    # the peg straight ahead of the robot (+x): a handle pointing along +x would hold the gripper out of reach
+    policy = NutAssemblySquarePolicy()
+    policy.away, policy.home_yaw = np.array([1.0, 0.0]), 0.0
+    for nut_yaw in np.radians(np.arange(-180, 180, 2.5)):
+        # the hover phase closes the fingers across the handle from the side that turns the wrist less
+        eef_yaw = (nut_yaw + np.pi / 2) % np.pi - np.pi / 2
+        target = policy._aligned_yaw(nut_yaw, eef_yaw)
+        assert abs(np.sin(2 * target)) < 1e-9  # a multiple of 90 degrees: the hole square to the peg
+        assert np.cos(target) < 0.5  # the handle toward the robot or to a side
+        assert abs(eef_yaw + target - nut_yaw) <= np.pi / 2 + 1e-9  # the wrist within 90 degrees of its start
