@@ -20,8 +20,9 @@ import yaml
 
 from pipeline.data.formats import FORMAT_NAMES, FORMATS
 from pipeline.data.robomimic_masks import MH_OPERATORS
-from pipeline.policies.kinds import (BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS, POLICY_KINDS,
-                                     SIGMA_NETS, TANH_JACOBIAN_MODES, check_policy_options, policy_options)
+from pipeline.policies.kinds import (ACTIVATIONS, BATCH_RENORM_MODES, BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, NORMS,
+                                     POLICY_KINDS, SIGMA_NETS, TANH_JACOBIAN_MODES, check_policy_options,
+                                     policy_options)
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -99,6 +100,9 @@ class PolicyConfig:
     time_embedding: int = 0
     sigma_net: Literal[SIGMA_NETS] = "input"  # flow_g learned log-sigma: from [s, a_i, t] or from s alone
     sigma_hidden: int = 512  # flow_g: width of the 2-layer state-only sigma net (sigma_net = state)
+    gate_hidden: int = 0  # flow_g: width of the gate network (0: hidden)
+    gate_layers: int = 0  # flow_g: hidden layers of the gate network (0: layers)
+    candidate_activation: Literal[ACTIVATIONS] = "silu"  # flow_g: the candidate network's activation
     bc_target: Literal[BC_TARGETS] = "pretanh"  # flow-matching target space for dataset actions
     # BatchRenorm layers in the actor, batch statistics in the SAC actor terms (on the actor's own rollout) and running
     # ones everywhere else, pretraining's flow matching included (it evaluates off the rollout's grid). none;

@@ -229,8 +229,10 @@ def test_scripted_lift_succeeds_without_noise(lift: RobosuiteEnv, seed: int) -> 
 
 
 def test_scripted_policy_rejects_bad_arguments(lift: RobosuiteEnv) -> None:
+    with pytest.raises(ValueError, match="Stack"):
+        make_scripted_policy("Stack")
     with pytest.raises(ValueError, match="NutAssemblySquare"):
-        make_scripted_policy("NutAssemblySquare")
+        make_scripted_policy("NutAssemblySquare").reset(lift)
     with pytest.raises(ValueError, match="noise_std"):
         make_scripted_policy("Lift", noise_std=-0.1)
     with pytest.raises(ValueError, match="PickPlaceCan"):

@@ -202,4 +202,27 @@ def test_paper_presets_hold_the_public_codes_settings(name: str) -> None:
     if cfg.policy.kind == "flow_t":
         assert (cfg.policy.d_model, cfg.policy.n_heads, cfg.policy.n_layers) == (128, 4, 2)
     else:
-        assert (cfg.policy.hidden, cfg.policy.layers) == (512, 4)
+        assert (cfg.policy.hidden, cfg.policy.layers, cfg.policy.candidate_activation) == (512, 4, "gelu")
+        assert (cfg.policy.gate_hidden, cfg.policy.gate_layers) == (256, 1)
+
+
+@pytest.mark.parametrize("name", ["lift_paper_flow_g", "cube_double_flow_g", "cube_triple_flow_g"])
+def test_offline_to_online_flow_g_has_the_public_actors_layers(name: str) -> None:
+    """ActorVectorFieldGRU (utils/networks.py): MLP((512,) * 4 + (A,)) with GELU, gate Dense(256)-swish-Dense(A) on
+    [s, a, t]; zero gate kernel and bias 5. Parameters counted layer by layer for obs 19 and a chunk of 5 x 7."""
+    from pipeline.policies import make_policy
+
+    cfg = load_config(name)
+    obs, act = 19, 35
+    velocity = make_policy("flow_g", obs, act, **cfg.policy.policy_kwargs()).velocity
+    x = obs + act + 1
+
+    def dense(i: int, o: int) -> int:
+        return i * o + o
+
+    candidate = dense(x, 512) + 3 * dense(512, 512) + dense(512, act)
+    gate = dense(x, 256) + dense(256, act)
+    assert sum(p.numel() for p in velocity.candidate.parameters()) == candidate
+    assert sum(p.numel() for p in velocity.gate.parameters()) == gate
+    assert isinstance(velocity.candidate[1], torch.nn.GELU) and isinstance(velocity.gate[1], torch.nn.SiLU)
+    assert torch.all(velocity.gate[-1].weight == 0) and torch.all(velocity.gate[-1].bias == 5.0)

@@ -105,7 +105,7 @@ def collect_robosuite_demos(
     successes (at most ``20 * n_episodes`` attempts).
 
     Args:
-        task: robosuite task with a scripted demonstrator (``"Lift"``, ``"PickPlaceCan"``).
+        task: robosuite task with a scripted demonstrator (a key of :data:`pipeline.envs.scripted.SCRIPTED_POLICIES`).
         path: output ``.hdf5`` file (written atomically).
         n_episodes: number of episodes to write.
         noise_levels: std of the Gaussian action noise per level (>= 0).

@@ -60,6 +60,8 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
       only with ``noise="fixed"``), ``log_prob`` (``exact`` | ``paper_code``), ``bc_target``
       (``pretanh`` | ``raw``);
     - ``flow_mlp``, ``flow_g`` and ``gaussian``: ``hidden`` (width), ``layers`` (hidden layers);
+    - ``flow_g``: ``time_embedding``, ``sigma_net``, ``sigma_hidden``, ``gate_hidden`` and ``gate_layers`` (the
+      gate network's size, 0: the candidate's), ``candidate_activation`` (``silu`` | ``gelu``);
     - ``flow_t``: ``d_model``, ``n_layers``, ``n_heads`` (must divide ``d_model``), ``norm``
       (``post`` | ``pre``);
     - ``gaussian``: ``log_std_min``, ``log_std_max``;
@@ -94,7 +96,9 @@ def make_policy(kind: str, obs_dim: int, act_dim: int, **cfg: Any) -> nn.Module:
     elif kind == "flow_g":
         velocity = FlowGVelocity(obs_dim, act_dim, opts["hidden"], opts["layers"], learned_noise=learned,
                                  batch_renorm=crossq, renorm_steps=renorm_steps, time_embedding=opts["time_embedding"],
-                                 sigma_net=opts["sigma_net"], sigma_hidden=opts["sigma_hidden"])
+                                 sigma_net=opts["sigma_net"], sigma_hidden=opts["sigma_hidden"],
+                                 gate_hidden=opts["gate_hidden"], gate_layers=opts["gate_layers"],
+                                 candidate_activation=opts["candidate_activation"])
     else:
         velocity = FlowTVelocity(
             obs_dim,

@@ -21,6 +21,7 @@ BC_TARGETS = ("pretanh", "raw")  # flow matching's target space for dataset acti
 TANH_JACOBIAN_MODES = ("floored", "exact")  # log(1 - tanh^2 + 1e-6), the public code's; or without the 1e-6
 NORMS = ("post", "pre")  # Flow-T's LayerNorm placement
 SIGMA_NETS = ("input", "state")  # Flow-G's learned log-sigma: from the velocity's input, or from the state alone
+ACTIVATIONS = ("silu", "gelu")  # Flow-G's candidate network: SiLU (ours), GELU (the public offline-to-online code's)
 # where the actor has BatchRenorm layers: none; on its observations ("input"); where the public CrossQ actors have
 # them ("crossq"; each policy's docstring says where); or, for the flows, "crossq" with the layer that reads a_i
 # split into one layer per rollout step ("crossq_per_step")
@@ -77,7 +78,12 @@ OPTIONS: dict[str, dict[str, tuple[Check, Any]]] = {
                # 0: t is one input; N: a sinusoidal embedding of width N through an MLP (the public from-scratch code's)
                "time_embedding": (int_in(0, 4096), 0),
                "sigma_net": (one_of(SIGMA_NETS), "input"),
-               "sigma_hidden": (int_in(1, 65536), 512)},  # width of the state-only sigma net (sigma_net = state)
+               "sigma_hidden": (int_in(1, 65536), 512),  # width of the state-only sigma net (sigma_net = state)
+               # the gate network's own size, 0: the candidate's (hidden, layers). The public offline-to-online
+               # Flow-G has a 1 x 256 gate beside a 4 x 512 candidate
+               "gate_hidden": (int_in(0, 65536), 0),
+               "gate_layers": (int_in(0, 64), 0),
+               "candidate_activation": (one_of(ACTIVATIONS), "silu")},
     "flow_t": {**_FLOW, **_EVERY, "d_model": (int_in(1, 65536), 64), "n_layers": (int_in(1, 64), 2),
                "n_heads": (int_in(1, 1024), 4), "norm": (one_of(NORMS), "post")},
 }

@@ -138,8 +138,9 @@ class FlowGVelocity(nn.Module):
     ``time_embedding`` (0: ``t`` is one input) replaces ``t`` in ``x`` by a :class:`SinusoidalTimeEmbedding` of that
     width. With ``learned_noise``, ``log σ`` comes from a third SiLU MLP of ``x`` (``sigma_net = "input"``) or from a
     ReLU MLP of the state alone, 2 × ``sigma_hidden`` (``"state"``, the public from-scratch Flow-G's; it is then
-    computed once per rollout, in :meth:`encode`). ``batch_renorm`` and ``renorm_steps``: see
-    :func:`state_action_norm`.
+    computed once per rollout, in :meth:`encode`). G is ``gate_layers x gate_hidden`` (0: H's ``layers``,
+    ``hidden``); H's activation is ``candidate_activation`` (``silu`` | ``gelu``). ``batch_renorm`` and
+    ``renorm_steps``: see :func:`state_action_norm`.
     """
 
     GATE_INIT_BIAS = 5.0
@@ -147,15 +148,17 @@ class FlowGVelocity(nn.Module):
     def __init__(
         self, obs_dim: int, act_dim: int, hidden: int = 256, layers: int = 2, learned_noise: bool = False,
         batch_renorm: bool = False, renorm_steps: int | None = None, time_embedding: int = 0,
-        sigma_net: str = "input", sigma_hidden: int = 512,
+        sigma_net: str = "input", sigma_hidden: int = 512, gate_hidden: int = 0, gate_layers: int = 0,
+        candidate_activation: str = "silu",
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.learned_noise = obs_dim, act_dim, learned_noise
         self.in_norm = state_action_norm(obs_dim, act_dim, batch_renorm, renorm_steps)
         self.time_embed = SinusoidalTimeEmbedding(time_embedding) if time_embedding else None
         in_dim = obs_dim + act_dim + (time_embedding or 1)
-        self.gate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear)
-        self.candidate = mlp(in_dim, hidden, layers, act_dim, nn.SiLU, head=FP32Linear)
+        self.gate = mlp(in_dim, gate_hidden or hidden, gate_layers or layers, act_dim, nn.SiLU, head=FP32Linear)
+        activation = {"silu": nn.SiLU, "gelu": nn.GELU}[candidate_activation]
+        self.candidate = mlp(in_dim, hidden, layers, act_dim, activation, head=FP32Linear)
         self.state_sigma = learned_noise and sigma_net == "state"
         self.log_sigma_net = None
         if learned_noise:
