@@ -4,6 +4,7 @@ and resumed ends bit-identical to an uninterrupted one."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -179,8 +180,10 @@ def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_unint
     # no scheduled checkpoint before the end; long enough that the signal lands mid-run on a loaded machine too
     overrides = [*OVERRIDES, "finetune.checkpoint_every=10000", "finetune.total_steps=1500"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    finetune(load_config(overrides=overrides), straight)
-    cmd = [sys.executable, "-m", "pipeline.cli", "finetune", "--quiet", "--out", str(stopped),
+    # the CLI's config (its default preset): the rerun below resumes only a run of the very same config
+    cfg = load_config("default", overrides)
+    finetune(cfg, straight)
+    cmd = [sys.executable, "-m", "pipeline.cli", "finetune", "--preset", "default", "--quiet", "--out", str(stopped),
            *(x for o in overrides for x in ("--set", o))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -193,7 +196,9 @@ def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_unint
     first = torch.load(stopped / "checkpoints" / "last.pt", weights_only=False)
     assert f"after step {first['env_step']}" in " ".join(output.split())
     assert 100 <= first["env_step"] < 1500
-    finetune(load_config(overrides=overrides), stopped)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*starting this run fresh")  # a fresh start would prove nothing
+        finetune(cfg, stopped)
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(stopped / "checkpoints" / "last.pt", weights_only=False)
     assert a["env_step"] == b["env_step"] == 1500
