@@ -31,6 +31,16 @@ def test_the_record_logger_is_a_logger_and_every_table_names_its_step() -> None:
     assert {t.step_key for t in TABLES.values()} == {"env_step", "step"}
 
 
+def test_the_dvc_pipeline_refuses_a_logger_whose_files_dvc_yaml_does_not_read() -> None:
+    """dvc.yaml's metrics, plots and report read DVCLive's files: params.yaml with another logger stops at collect."""
+    from pipeline.config import ConfigError, load_params
+    from pipeline.workflow.collect import check_pipeline
+
+    check_pipeline(load_params("params.yaml"))
+    with pytest.raises(ConfigError, match="'trainer.logger' = 'tensorboard': the DVC pipeline needs 'dvclive'"):
+        check_pipeline(load_params("params.yaml", ["trainer.logger=tensorboard"]))
+
+
 @pytest.mark.parametrize("other", ["none", "csv"])
 def test_dvclive_rows_read_back_as_the_csv_rows_of_another_logger(tmp_path: Path, other: str) -> None:
     dvc, own = tmp_path / "dvclive_run", tmp_path / f"{other}_run"

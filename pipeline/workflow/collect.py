@@ -20,6 +20,7 @@ from pipeline import preemption
 from pipeline.config import Config, ConfigError
 from pipeline.envs.factory import ROBOSUITE_PREFIX
 from pipeline.metrics import write_json
+from pipeline.run_logs import RECORD_LOGGER
 from pipeline.runtime import seed_everything, set_threads
 from pipeline.terminal import stage_progress
 from pipeline.workflow import Stage
@@ -103,7 +104,14 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
 
 
 def check_pipeline(cfg: Config) -> None:
-    """The DVC pipeline is offline-to-online: its later stages read the dataset this stage makes."""
+    """The DVC pipeline is offline-to-online: its later stages read the dataset this stage makes, and dvc.yaml's
+    metrics, plots and report stage read the training stages' DVCLive files."""
+    if cfg.trainer.logger != RECORD_LOGGER:
+        raise ConfigError(
+            f"config key 'trainer.logger' = {cfg.trainer.logger!r}: the DVC pipeline needs {RECORD_LOGGER!r} "
+            f"(dvc.yaml's metrics and plots and the report stage read its files). Other loggers are for runs "
+            f"outside DVC: `sacflow pretrain/finetune --preset {cfg.name} --set trainer.logger={cfg.trainer.logger}`"
+        )
     if cfg.collect.kind == "none":
         raise ConfigError(
             f"preset {cfg.name!r} trains from scratch (collect.kind = 'none'), which the offline-to-online "
