@@ -178,7 +178,8 @@ def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_unint
     import time
 
     # no scheduled checkpoint before the end; long enough that the signal lands mid-run on a loaded machine too
-    overrides = [*OVERRIDES, "finetune.checkpoint_every=10000", "finetune.total_steps=1500"]
+    # (one action per decision: the default preset's chunks of 4 would make the run 4x shorter than the signal needs)
+    overrides = [*OVERRIDES, "finetune.checkpoint_every=10000", "finetune.total_steps=1500", "sac.chunk=1"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     # the CLI's config (its default preset): the rerun below resumes only a run of the very same config
     cfg = load_config("default", overrides)
