@@ -106,17 +106,17 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
 def check_pipeline(cfg: Config) -> None:
     """The DVC pipeline is offline-to-online: its later stages read the dataset this stage makes, and dvc.yaml's
     metrics, plots and report stage read the training stages' DVCLive files."""
-    if cfg.trainer.logger != RECORD_LOGGER:
-        raise ConfigError(
-            f"config key 'trainer.logger' = {cfg.trainer.logger!r}: the DVC pipeline needs {RECORD_LOGGER!r} "
-            f"(dvc.yaml's metrics and plots and the report stage read its files). Other loggers are for runs "
-            f"outside DVC: `sacflow pretrain/finetune --preset {cfg.name} --set trainer.logger={cfg.trainer.logger}`"
-        )
     if cfg.collect.kind == "none":
         raise ConfigError(
             f"preset {cfg.name!r} trains from scratch (collect.kind = 'none'), which the offline-to-online "
             f"pipeline in dvc.yaml cannot run. Use `sacflow finetune --preset {cfg.name} --out runs/{cfg.name}`, "
             f"or list the preset in bench/table/params.yaml and run `dvc repro bench/table/dvc.yaml`"
+        )
+    if cfg.trainer.logger != RECORD_LOGGER:
+        raise ConfigError(
+            f"config key 'trainer.logger' = {cfg.trainer.logger!r}: the DVC pipeline needs {RECORD_LOGGER!r} "
+            f"(dvc.yaml's metrics and plots and the report stage read its files). Other loggers are for runs "
+            f"outside DVC: `sacflow pretrain/finetune --preset {cfg.name} --set trainer.logger={cfg.trainer.logger}`"
         )
 
 
