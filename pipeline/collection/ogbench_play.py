@@ -16,12 +16,13 @@ the oracles and the script draw from), so the data are the same whatever the num
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.checkpoint import atomic_write
 
 # Per-episode probability of a stacking target, drawn uniformly in this range (the official script's table).
 P_STACK_RANGES: dict[str, tuple[float, float]] = {
@@ -86,10 +87,7 @@ def _episode(seed: int) -> dict[str, np.ndarray]:
 def _save(path: Path, episodes: list[dict[str, np.ndarray]]) -> int:
     """Write ``episodes`` to ``path`` through a temporary file: an interrupted write leaves no partial dataset."""
     data = {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:  # a file object: savez would append .npz to a path
-        np.savez_compressed(f, **data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **data))  # a file object: savez would append .npz to a path
     return int(len(data["terminals"]))
 
 
