@@ -235,10 +235,10 @@ class MetricLog:
     def log(self, prefix: str, row: Mapping[str, Any], step: int) -> None:
         if self.logger is None:
             return
-        # counts stay integers, so a log read back holds the same text as the CSV (pipeline.run_logs)
-        metrics = {f"{prefix}/{k}": v if isinstance(v, int) else float(v) for k, v in row.items()
-                   if k != self.step_key and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # as the CSV logs, which leave them empty
+        # non-finite values left out as the CSV logs leave them empty; counts stay integers, so a log read back
+        # holds the same text as the CSV (pipeline.run_logs)
+        metrics = {f"{prefix}/{k}": v if isinstance(v, int) else float(v) for k, v in finite_numbers(row).items()
+                   if k != self.step_key}
         if metrics:
             self.logger.log_metrics(metrics, step=step)
 
@@ -248,19 +248,19 @@ class MetricLog:
             self.logger.save()
 
 
-def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, int | float]:
-    """The entries of a stage's ``metrics.json`` a logger can take: finite numbers (text and flags left out)."""
-    return {k: v for k, v in metrics.items()
+def finite_numbers(entries: Mapping[str, Any]) -> dict[str, int | float]:
+    """The entries a logger can take: finite numbers (text, flags, ``None`` and non-finite values left out)."""
+    return {k: v for k, v in entries.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def log_summary(kind: str, logger: Logger | None, prefix: str, metrics: Mapping[str, Any], step: int) -> None:
-    """A stage's closing summary (its ``metrics.json`` entries, :func:`summary_metrics`) to the ``kind`` logger
+    """A stage's closing summary (its ``metrics.json`` entries, :func:`finite_numbers`) to the ``kind`` logger
     ``logger`` as ``<prefix>/<key>``, where that logger keeps values without a curve (``LoggerKind.summarize``:
     DVCLive's summary, so ``dvc exp show`` lists them); ``step``: the run's last step. Nothing without a logger."""
     if logger is None or kind == NO_LOGGER:
         return
-    LOGGERS[kind].summarize(logger, {f"{prefix}/{k}": v for k, v in summary_metrics(metrics).items()}, step)
+    LOGGERS[kind].summarize(logger, {f"{prefix}/{k}": v for k, v in finite_numbers(metrics).items()}, step)
 
 
 def read_metric(log_dir: str | Path, name: str) -> list[tuple[int, float]]:
