@@ -128,8 +128,8 @@ def final_training_episodes(rows: list[dict[str, str]], window: float = FINAL_TR
     ``rows``: train rows (:func:`pipeline.run_logs.read_rows`), whose ``episode_return`` averages the episodes that
     ended since the row before (their number is the rise of ``episodes``), so the mean weighs every episode once.
     It averages the policies of many updates, where an evaluation reads one checkpoint, whose return can swing
-    between standing and falling from one update to the next (docs/results.md). Returns ``{"return_mean", "episodes"}`` and, where the env reports success,
-    ``"success_rate"``; ``{}`` when no episode ended in the window.
+    between standing and falling from one update to the next (docs/results.md). Returns ``{"return_mean",
+    "episodes"}`` and, where the env reports success, ``"success_rate"``; ``{}`` when no episode ended in the window.
     """
     if not rows:
         return {}
