@@ -206,3 +206,44 @@ def test_sigterm_checkpoints_the_step_it_stops_at_and_the_rerun_ends_as_an_unint
     assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == []
     for k in a["buffer"]["data"]:
         assert torch.equal(a["buffer"]["data"][k], b["buffer"]["data"][k]), k
+
+
+@pytest.mark.parametrize("where", ["training_step", "batch_end"])
+def test_sigterm_anywhere_in_a_batch_stops_with_a_checkpoint_of_that_step(where: str, tmp_path: Path) -> None:
+    """Lightning looks at SIGTERM itself at the end of every batch, after the module's own check: a signal landing
+    between the two must still stop with a checkpoint of that step (not Lightning's exit code 0 with nothing
+    saved), and the rerun must end as the uninterrupted run."""
+    import signal
+
+    import lightning as L
+
+    from conftest import tiny_d4rl
+    from pipeline import preemption
+    from pipeline.workflow.pretrain import pretrain
+
+    class SigtermAt(L.Callback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+            if where == "training_step" and module.step_count == self.step - 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # lands before the module's own check of the step
+
+        def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+            if where == "batch_end" and module.step_count == self.step:
+                os.kill(os.getpid(), signal.SIGTERM)  # after the module's check, before Lightning's
+
+    data = tiny_d4rl(tmp_path / "tiny.hdf5")
+    cfg = load_config("smoke", ["pretrain.dataset.format=d4rl", f"pretrain.dataset.source={data}",
+                                "pretrain.steps=40", "pretrain.checkpoint_every=1000", "trainer.progress=false"])
+    pretrain(cfg, tmp_path / "straight")
+    with preemption.stopping_on(signal.SIGTERM), pytest.raises(preemption.StopRequested, match="after step 17"):
+        pretrain(cfg, tmp_path / "stopped", callbacks=[SigtermAt(17)])
+    assert torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=False)["step"] == 17
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*starting this run fresh")
+        assert pretrain(cfg, tmp_path / "stopped")["resumed_from"] == 17
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=False)
+    b = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 40
+    assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == []

@@ -7,7 +7,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from pipeline import preemption
 from pipeline.buffers import ReplayBuffer
 from pipeline.config import Config
 from pipeline.data.normalization import NormalizationStats
@@ -28,6 +30,15 @@ class SACModule(L.LightningModule):
         if normalization is not None and cfg.pretrain.dataset.normalize_obs:
             self.agent.set_obs_normalization(normalization.obs_mean, normalization.obs_std)
 
+    @property
+    def stage_step(self) -> int:
+        """The step the stage has completed (what its checkpoint records)."""
+        raise NotImplementedError
+
+    def save(self) -> None:
+        """Checkpoint the stage at :attr:`stage_step` (a collective under DDP)."""
+        raise NotImplementedError
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         opts = make_optimizers(self.agent)
         return [o for o in (opts.actor, opts.critic, opts.alpha) if o is not None]
@@ -45,3 +56,23 @@ class SACModule(L.LightningModule):
         steps = data.chunk_steps if data.chunk_steps is not None else torch.ones_like(data.rewards)
         return ReplayBuffer.holding(data.observations, data.actions, data.rewards, data.next_observations,
                                     data.terminals, steps, self.device)
+
+
+def fit(trainer: L.Trainer, module: SACModule, datamodule: L.LightningDataModule) -> None:
+    """``trainer.fit(module, datamodule)``, where SIGTERM stops the stage only as :mod:`pipeline.preemption` says:
+    a checkpoint of the last whole step, then :class:`~pipeline.preemption.StopRequested`.
+
+    Lightning's Trainer adds its own SIGTERM handler beside ours and looks at it at the end of every batch: a
+    signal that lands after the module's own check of a step (the end of ``training_step``) but before Lightning
+    looks makes it raise ``SIGTERMException``, a ``SystemExit`` with exit code 0 that saved nothing and reads to a
+    scheduler as a finished job. The batch is whole by then, so that step is checkpointed here instead.
+    """
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except SIGTERMException:
+        if not preemption.stop_requested():  # SIGTERM without our handler (the library used on its own)
+            raise
+        if trainer.world_size > 1:  # data-parallel ranks checkpoint together only at their collective steps
+            raise preemption.StopRequested(f"stopped by signal SIGTERM at step {module.stage_step}; the rerun "
+                                           "resumes from the last checkpoint") from None
+        preemption.check(module.save, module.stage_step)

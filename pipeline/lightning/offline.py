@@ -148,6 +148,10 @@ class OfflinePretrain(SACModule):
         self.means.load_state_dict(ranks[rank]["means"], self.device)
         set_rng_state(ranks[rank]["rng"])
 
+    @property
+    def stage_step(self) -> int:
+        return self.step_count
+
     def save(self) -> None:
         """Checkpoint (rank 0 writes). A collective under DDP: every rank calls it at the same steps."""
         ranks = all_gather_objects({"rng": rng_state(), "means": self.means.state_dict()})

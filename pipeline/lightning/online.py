@@ -64,5 +64,12 @@ class OnlineFinetune(SACModule):
         if self.progress is not None:
             self.progress(self.runner)
 
-    def on_train_end(self) -> None:
+    @property
+    def stage_step(self) -> int:
+        return self.runner.env_step
+
+    def save(self) -> None:
         self.runner.save()
+
+    def on_train_end(self) -> None:
+        self.save()

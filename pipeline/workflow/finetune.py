@@ -23,7 +23,7 @@ from pipeline.workflow.common import (check_logger, check_single_process, env_op
 
 def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = None) -> dict[str, Any]:
     """Online SAC: from the agent in ``pretrained`` (a pretrain run's checkpoint) or from scratch."""
-    from pipeline.lightning import OnlineFinetune, StepDataModule
+    from pipeline.lightning import OnlineFinetune, StepDataModule, fit
 
     check_single_process(cfg, "finetune")
     check_logger(cfg)
@@ -70,7 +70,7 @@ def finetune(cfg: Config, out_dir: str | Path, pretrained: str | Path | None = N
                                 resume_state=resume, progress=show, fingerprint=fingerprint)
         offline = None  # the module's buffers take the rows over: hold them once (bench/README.md, memory)
         logger = stage_logger(cfg, out, start if resume else None)
-        make_trainer(cfg, logger=logger).fit(module, datamodule=StepDataModule(start, ft.total_steps, ft.num_envs))
+        fit(make_trainer(cfg, logger=logger), module, StepDataModule(start, ft.total_steps, ft.num_envs))
         runner = module.runner
         evaluated_last_step = runner.last_eval_step == runner.env_step
         final = runner.last_eval if evaluated_last_step else runner.run_eval() if ft.eval_episodes > 0 else {}

@@ -27,7 +27,7 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
     ranks keep identical weights and the global batch is ``world_size * sac.batch_size``. Only rank 0 writes
     files or shows progress; the other ranks return ``{}``. ``callbacks``: extra Lightning callbacks.
     """
-    from pipeline.lightning import OfflinePretrain, StepDataModule
+    from pipeline.lightning import OfflinePretrain, StepDataModule, fit
 
     cfg = as_run(cfg)
     check_logger(cfg)
@@ -49,7 +49,7 @@ def pretrain(cfg: Config, out_dir: str | Path, callbacks: list[L.Callback] | Non
         module = OfflinePretrain(cfg, dataset, out, resume_state=resume, fingerprint=fingerprint,
                                  progress=lambda m: bar(m.step_count) if m.step_count % 50 == 0 else None)
         if start < total:
-            trainer.fit(module, datamodule=StepDataModule(start, total))
+            fit(trainer, module, StepDataModule(start, total))
     if rank != 0:
         return {}
     rows = module.log_rows.rows("pretrain")  # from the files: also when this call resumed a finished run
