@@ -219,6 +219,7 @@ def test_sigterm_anywhere_in_a_batch_stops_with_a_checkpoint_of_that_step(where:
 
     from conftest import tiny_d4rl
     from pipeline import preemption
+    from pipeline.run_logs import read_rows
     from pipeline.workflow.pretrain import pretrain
 
     class SigtermAt(L.Callback):
@@ -235,7 +236,8 @@ def test_sigterm_anywhere_in_a_batch_stops_with_a_checkpoint_of_that_step(where:
 
     data = tiny_d4rl(tmp_path / "tiny.hdf5")
     cfg = load_config("smoke", ["pretrain.dataset.format=d4rl", f"pretrain.dataset.source={data}",
-                                "pretrain.steps=40", "pretrain.checkpoint_every=1000", "trainer.progress=false"])
+                                "pretrain.steps=40", "pretrain.checkpoint_every=1000", "trainer.progress=false",
+                                "trainer.logger=dvclive"])
     pretrain(cfg, tmp_path / "straight")
     with preemption.stopping_on(signal.SIGTERM), pytest.raises(preemption.StopRequested, match="after step 17"):
         pretrain(cfg, tmp_path / "stopped", callbacks=[SigtermAt(17)])
@@ -247,3 +249,6 @@ def test_sigterm_anywhere_in_a_batch_stops_with_a_checkpoint_of_that_step(where:
     b = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=False)
     assert a["step"] == b["step"] == 40
     assert [k for k in a["agent"] if not torch.equal(a["agent"][k], b["agent"][k])] == []
+    # the pipeline's record (DVCLive) holds every row once, as the uninterrupted run's does
+    steps = [[r["step"] for r in read_rows(tmp_path / run, "pretrain")] for run in ("straight", "stopped")]
+    assert steps[0] == steps[1] and len(steps[0]) == 40 // cfg.pretrain.log_every
