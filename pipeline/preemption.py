@@ -7,6 +7,7 @@ exactly where this one stopped and repeats no step.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +17,9 @@ _requested: list[int] = []  # the signals received since the last reset
 
 
 class StopRequested(Exception):
-    """The stage stopped as a signal asked: a training stage after saving the checkpoint of a step boundary
-    (``resumable``), a stage without checkpoints (collect) with nothing written."""
+    """The stage stopped as a signal asked: a training stage after saving the checkpoint of a step boundary, an
+    OGBench collection with its finished episodes kept (both ``resumable``), or a collection that keeps nothing
+    with nothing written."""
 
     def __init__(self, message: str, resumable: bool = True) -> None:
         super().__init__(message)
@@ -59,6 +61,14 @@ def check(save: Callable[[], None], step: int) -> None:
         save()
         raise StopRequested(f"stopped by signal {signal.Signals(_requested[0]).name} after step {step}, "
                             "checkpoint saved")
+
+
+def check_kept(done: int, total: int, what: str, where: str | os.PathLike[str]) -> None:
+    """After an item of a stage that keeps each finished item in ``where`` (OGBench play episodes): if a stop was
+    requested, raise a resumable :class:`StopRequested`."""
+    if _requested:
+        raise StopRequested(f"stopped by signal {signal.Signals(_requested[0]).name} after {done} of {total} "
+                            f"{what}, the finished ones kept in {where}")
 
 
 def check_unsaved(done: int, total: int, what: str) -> None:

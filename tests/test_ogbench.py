@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline import preemption
-from pipeline.collection.ogbench_play import collect_ogbench_play, val_path_of
+from pipeline.collection.ogbench_play import collect_ogbench_play, parts_dir_of, val_path_of
 from pipeline.config import ConfigError, load_config
 from pipeline.data import DatasetError, load_dataset
 from pipeline.envs import make_env
@@ -174,14 +174,38 @@ def test_cube_double_smoke_offline_to_online(tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(result["return_mean"]))
 
 
-def test_sigterm_stops_collection_after_an_episode_with_nothing_written(tmp_path: Path) -> None:
-    """collect keeps no checkpoint: a stop request ends it after the episode in progress, before any file exists."""
+def test_sigterm_keeps_the_finished_episodes_and_a_rerun_resumes_to_the_same_files(tmp_path: Path) -> None:
+    """A stop after an episode leaves no dataset, only the finished episodes in <out>.parts; the rerun collects the
+    rest, and its files equal an uninterrupted collection's."""
     out = tmp_path / "play.npz"
     cfg = load_config("cube_double_smoke", [f"collect.out={out}", "collect.episodes=3", "collect.horizon=21",
-                                            "trainer.progress=false"])
+                                            "collect.workers=1", "trainer.progress=false"])
     with preemption.stopping_on(signal.SIGTERM):
         os.kill(os.getpid(), signal.SIGTERM)
-        with pytest.raises(preemption.StopRequested, match="after 1 of 4 episodes, nothing written") as stop:
+        with pytest.raises(preemption.StopRequested, match=r"after 1 of 4 episodes, the finished ones kept in .*"
+                                                           r"play\.npz\.parts") as stop:
             collect(cfg, tmp_path / "collect")
-    assert not stop.value.resumable
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+    assert stop.value.resumable and not out.exists() and not val_path_of(out).exists()
+    assert sorted(p.name for p in parts_dir_of(out).iterdir()) == ["procedure.json", "seed-0.npz"]
+    done: list[int] = []
+    stats = collect_ogbench_play("cube-double-v0", out, 3, seed=0, workers=2, max_episode_steps=21,
+                                 progress=lambda n, total: done.append(n))
+    assert done == [1, 2, 3, 4] and stats["transitions"] == 3 * 21 and not parts_dir_of(out).exists()
+    whole = tmp_path / "whole.npz"
+    collect_ogbench_play("cube-double-v0", whole, 3, seed=0, workers=1, max_episode_steps=21)
+    for mine, ref in ((out, whole), (val_path_of(out), val_path_of(whole))):
+        with np.load(mine) as a, np.load(ref) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_a_different_collection_does_not_resume_from_kept_episodes(tmp_path: Path) -> None:
+    out = tmp_path / "play.npz"
+    cfg = load_config("cube_double_smoke", [f"collect.out={out}", "collect.episodes=3", "collect.horizon=21",
+                                            "collect.workers=1", "trainer.progress=false"])
+    with preemption.stopping_on(signal.SIGTERM):
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(preemption.StopRequested):
+            collect(cfg, tmp_path / "collect")
+    with pytest.raises(ConfigError, match=r"play\.npz\.parts holds .* max_episode_steps = 21, not 31.*delete"):
+        collect(load_config("cube_double_smoke", [f"collect.out={out}", "collect.horizon=31",
+                                                  "trainer.progress=false"]), tmp_path / "collect")

@@ -10,12 +10,16 @@ and ``qvel`` (the state *at* each observation); a second file ``<name>-val.npz``
 as the official datasets have (``ogbench.make_env_and_datasets(..., dataset_path=...)`` reads both).
 
 Each episode ``i`` is seeded on its own (``seed + i`` for the env's generator and for NumPy's global generator that
-the oracles and the script draw from), so the data are the same whatever the number of worker processes.
+the oracles and the script draw from), so the data are the same whatever the number of worker processes. That also
+makes a long collection resumable: every finished episode is kept in ``<out>.parts/`` until both files are written,
+and a rerun collects only the episodes missing there.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +88,37 @@ def _episode(seed: int) -> dict[str, np.ndarray]:
             "qvel": np.asarray(qvel, dtype=np.float32)}
 
 
+def parts_dir_of(path: str | Path) -> Path:
+    """Where the finished episodes of an unfinished collection of ``path`` are kept (``x.npz`` -> ``x.npz.parts``)."""
+    p = Path(path)
+    return p.with_name(p.name + ".parts")
+
+
+def _open_parts(parts: Path, procedure: dict[str, Any]) -> dict[int, Path]:
+    """The kept episodes of ``parts`` by seed, after checking they were made by the same ``procedure``."""
+    meta = parts / "procedure.json"
+    if meta.exists():
+        kept = json.loads(meta.read_text())
+        for key, value in procedure.items():
+            if kept.get(key) != value:
+                raise ValueError(f"{parts} holds the episodes of an unfinished collection with {key} = "
+                                 f"{kept.get(key)!r}, not {value!r}: rerun with the same settings to resume it, or "
+                                 f"delete {parts} to start over")
+    else:
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write(meta, lambda f: f.write(json.dumps(procedure, sort_keys=True).encode()))
+    return {int(f.stem.removeprefix("seed-")): f for f in parts.glob("seed-*.npz")}
+
+
+def _keep(parts: Path, seed: int, episode: dict[str, np.ndarray]) -> None:
+    atomic_write(parts / f"seed-{seed}.npz", lambda f: np.savez_compressed(f, **episode))
+
+
+def _load_kept(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
 def _save(path: Path, episodes: list[dict[str, np.ndarray]]) -> int:
     """Write ``episodes`` to ``path`` through a temporary file: an interrupted write leaves no partial dataset."""
     data = {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
@@ -109,7 +144,8 @@ def collect_ogbench_play(env_name: str, out: str | Path, episodes: int, seed: in
         episodes: training episodes (the official cube-double-play has 1000 of 1001 steps: 1M transitions).
         seed: episode ``i`` (training first, then validation) uses seed ``seed + i``.
         workers: processes stepping episodes in parallel (same data for any count).
-        progress: called with (episodes done, episodes in all) as episodes finish.
+        progress: called with (episodes done, episodes in all) as episodes finish, after each is kept in
+            ``parts_dir_of(out)`` (so it may raise to stop: a rerun resumes from the kept episodes).
 
     Returns:
         Statistics: episodes and transitions of each file, the paths.
@@ -124,22 +160,36 @@ def collect_ogbench_play(env_name: str, out: str | Path, episodes: int, seed: in
     n_val = max(episodes // 10, 1)
     seeds = [seed + i for i in range(episodes + n_val)]
     init = (env_name, max_episode_steps, noise, noise_smoothing)
-    results: list[dict[str, np.ndarray]] = []
-    if workers == 1:
-        _init_worker(*init)
-        for s in seeds:
-            results.append(_episode(s))
-            if progress:
-                progress(len(results), len(seeds))
+    parts = parts_dir_of(out)
+    kept = _open_parts(parts, {"env_id": env_name, "max_episode_steps": max_episode_steps, "noise": noise,
+                               "noise_smoothing": noise_smoothing})
+    todo = [s for s in seeds if s not in kept]
+    done = len(seeds) - len(todo)
+    if progress and done:
+        progress(done, len(seeds))
+
+    def finished(s: int, episode: dict[str, np.ndarray]) -> None:
+        nonlocal done
+        _keep(parts, s, episode)
+        kept[s] = parts / f"seed-{s}.npz"
+        done += 1
+        if progress:
+            progress(done, len(seeds))
+
+    if workers == 1 or len(todo) <= 1:
+        if todo:
+            _init_worker(*init)
+        for s in todo:
+            finished(s, _episode(s))
     else:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
-            for ep in pool.imap(_episode, seeds):  # in seed order, whichever worker finishes first
-                results.append(ep)
-                if progress:
-                    progress(len(results), len(seeds))
+        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=init) as pool:
+            for s, ep in zip(todo, pool.imap(_episode, todo)):  # in seed order, whichever worker finishes first
+                finished(s, ep)
+    results = [_load_kept(kept[s]) for s in seeds]
     out.parent.mkdir(parents=True, exist_ok=True)
     n_train = _save(out, results[:episodes])
     n_valid = _save(val_path_of(out), results[episodes:])
+    shutil.rmtree(parts)
     return {"kind": "ogbench_play", "env_id": env_name, "path": str(out), "val_path": str(val_path_of(out)),
             "episodes": episodes, "transitions": n_train, "val_episodes": n_val, "val_transitions": n_valid}

@@ -40,11 +40,15 @@ def _agent_policy(cfg: Config, run: str, space: Any, obs_dim: int) -> Any:
     return policy
 
 
-def _progress(bar: Callable[[int], None]) -> Callable[[int, int], None]:
-    """The collectors' progress callback: advance the bar, then stop (nothing written) if SIGTERM came."""
+def _progress(bar: Callable[[int], None], kept: Path | None = None) -> Callable[[int, int], None]:
+    """The collectors' progress callback: advance the bar, then stop if SIGTERM came (with nothing written, or
+    resumably where the collector keeps its finished episodes in ``kept``)."""
     def report(done: int, total: int) -> None:
         bar(done)
-        preemption.check_unsaved(done, total, "episodes")
+        if kept is None:
+            preemption.check_unsaved(done, total, "episodes")
+        else:
+            preemption.check_kept(done, total, "episodes", kept)
     return report
 
 
@@ -69,14 +73,14 @@ def collect(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
                                             progress=_progress(bar), operators=c.operators)
         stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
     elif c.kind == "ogbench_play":
-        from pipeline.collection.ogbench_play import PLAY_EPISODE_STEPS, collect_ogbench_play
+        from pipeline.collection.ogbench_play import PLAY_EPISODE_STEPS, collect_ogbench_play, parts_dir_of
 
         n_val = max(c.episodes // 10, 1)
         with stage_progress("collect", c.episodes + n_val, 0, cfg.trainer.progress) as bar:
             try:
                 stats = collect_ogbench_play(c.env_id, c.out, c.episodes, seed=cfg.seed, workers=c.workers,
                                              max_episode_steps=c.horizon or PLAY_EPISODE_STEPS,
-                                             progress=_progress(bar))
+                                             progress=_progress(bar, kept=parts_dir_of(c.out)))
             except ValueError as e:
                 raise ConfigError(str(e)) from None
     else:
@@ -121,6 +125,6 @@ def check_pipeline(cfg: Config) -> None:
 
 
 STAGE = Stage(
-    name="collect", help="make the dataset: scripted robosuite demos or a Minari dataset",
+    name="collect", help="make the dataset: scripted robosuite demos, a Minari dataset or OGBench play data",
     sections=("collect",), run=collect, in_run=lambda cfg: cfg.collect.kind != "none", check_pipeline=check_pipeline,
 )
