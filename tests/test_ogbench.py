@@ -76,6 +76,22 @@ def test_ours_reads_the_same_transitions_and_rewards_as_ogbench(play: Path) -> N
     assert ours.meta["env_id"] == TASK
 
 
+def test_cube_triple_play_is_collected_and_read_like_cube_double(tmp_path: Path) -> None:
+    """The cube-triple path (three cubes, its own stacking odds): OGBench's loader and ours agree on a tiny file,
+    rewards of task 4 included."""
+    import ogbench
+
+    path = tmp_path / "cube-triple-play-v0.npz"
+    stats = collect_ogbench_play("cube-triple-v0", path, 2, seed=3, max_episode_steps=21)
+    assert stats["transitions"] == 2 * 21 and stats["val_transitions"] == 21
+    _, train, _ = ogbench.make_env_and_datasets("cube-triple-play-singletask-task4-v0", dataset_path=str(path))
+    ours = load_dataset("ogbench", path, task="cube-triple-singletask-task4-v0")
+    assert ours.observations.shape == (2 * 20, 46)  # three cubes: the env's 46-dim observation
+    np.testing.assert_array_equal(ours.observations.numpy(), train["observations"])
+    np.testing.assert_array_equal(ours.rewards.numpy(), train["rewards"])
+    assert set(train["rewards"].tolist()) <= {-3.0, -2.0, -1.0, 0.0}
+
+
 def test_a_solved_state_is_reward_zero_and_terminal(play: Path, tmp_path: Path) -> None:
     """Cubes moved onto task 2's targets in one row: reward 0 there, no bootstrap from it, the episode cut after it;
     the env itself gives the same reward and success from that state."""
