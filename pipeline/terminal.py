@@ -103,6 +103,8 @@ def quiet_libraries(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # OGBench's envs declare float64 bounds; Gymnasium's note on casting them says nothing a user can act on
     warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32.*")
+    # dm_control (under OGBench) imports glfw, which complains on a headless machine; rendering is never used
+    warnings.filterwarnings("ignore", message=".*The DISPLAY environment variable is missing.*")
     # where Slurm's client tools are installed, Lightning suggests srun to every single-process run
     warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 
