@@ -63,17 +63,12 @@ def check(save: Callable[[], None], step: int) -> None:
                             "checkpoint saved")
 
 
-def check_kept(done: int, total: int, what: str, where: str | os.PathLike[str]) -> None:
-    """After an item of a stage that keeps each finished item in ``where`` (OGBench play episodes): if a stop was
-    requested, raise a resumable :class:`StopRequested`."""
+def check_collected(done: int, total: int, what: str, kept: str | os.PathLike[str] | None = None) -> None:
+    """After an item of a collection: if a stop was requested, raise :class:`StopRequested` at once. A collector
+    that keeps each finished item in ``kept`` (OGBench play episodes) can resume; one that keeps nothing stops
+    before anything is written (a partial dataset is not a dataset)."""
     if _requested:
-        raise StopRequested(f"stopped by signal {signal.Signals(_requested[0]).name} after {done} of {total} "
-                            f"{what}, the finished ones kept in {where}")
-
-
-def check_unsaved(done: int, total: int, what: str) -> None:
-    """After an item of a stage that keeps no checkpoint (a collected episode): if a stop was requested, raise
-    :class:`StopRequested` at once, before anything is written (a partial dataset is not a dataset)."""
-    if _requested:
-        raise StopRequested(f"stopped by signal {signal.Signals(_requested[0]).name} after {done} of {total} "
-                            f"{what}, nothing written", resumable=False)
+        stopped = f"stopped by signal {signal.Signals(_requested[0]).name} after {done} of {total} {what}"
+        if kept is None:
+            raise StopRequested(f"{stopped}, nothing written", resumable=False)
+        raise StopRequested(f"{stopped}, the finished ones kept in {kept}")

@@ -1,11 +1,15 @@
-"""The collect stage making a Minari dataset with a trained agent acting (a locally made "medium"-like dataset)."""
+"""The collect stage making a Minari dataset with a trained agent acting (a locally made "medium"-like dataset), and
+stopping on SIGTERM."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
+from pipeline import preemption
 from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.workflow.finetune import finetune
@@ -55,3 +59,16 @@ def test_d4rl_references_of_the_hopper_preset_are_d4rl_s() -> None:
 
     c = load_config("hopper_o2o").collect
     assert (c.ref_min_score, c.ref_max_score) == D4RL_REF_SCORES["hopper"]
+
+
+def test_sigterm_stops_a_robosuite_collection_after_an_episode_with_nothing_written(tmp_path: Path) -> None:
+    """The robosuite collector keeps no partial file: a stop ends it after the episode in progress, before any file
+    exists, and the stop is not resumable (the rerun starts over)."""
+    cfg = load_config("smoke", [f"collect.out={tmp_path / 'demos.hdf5'}", "collect.episodes=2", "collect.horizon=20",
+                                "trainer.progress=false"])
+    with preemption.stopping_on(signal.SIGTERM):
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(preemption.StopRequested, match="after 1 of .* episodes, nothing written") as stop:
+            collect(cfg, tmp_path / "collect")
+    assert not stop.value.resumable
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []

@@ -110,8 +110,11 @@ def _open_parts(parts: Path, procedure: dict[str, Any]) -> dict[int, Path]:
     return {int(f.stem.removeprefix("seed-")): f for f in parts.glob("seed-*.npz")}
 
 
-def _keep(parts: Path, seed: int, episode: dict[str, np.ndarray]) -> None:
-    atomic_write(parts / f"seed-{seed}.npz", lambda f: np.savez_compressed(f, **episode))
+def _keep(parts: Path, seed: int, episode: dict[str, np.ndarray]) -> Path:
+    """Write one finished episode into ``parts``; returns its file."""
+    path = parts / f"seed-{seed}.npz"  # _open_parts reads the seed back from this name
+    atomic_write(path, lambda f: np.savez_compressed(f, **episode))
+    return path
 
 
 def _load_kept(path: Path) -> dict[str, np.ndarray]:
@@ -170,8 +173,7 @@ def collect_ogbench_play(env_name: str, out: str | Path, episodes: int, seed: in
 
     def finished(s: int, episode: dict[str, np.ndarray]) -> None:
         nonlocal done
-        _keep(parts, s, episode)
-        kept[s] = parts / f"seed-{s}.npz"
+        kept[s] = _keep(parts, s, episode)
         done += 1
         if progress:
             progress(done, len(seeds))

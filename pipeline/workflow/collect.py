@@ -45,10 +45,7 @@ def _progress(bar: Callable[[int], None], kept: Path | None = None) -> Callable[
     resumably where the collector keeps its finished episodes in ``kept``)."""
     def report(done: int, total: int) -> None:
         bar(done)
-        if kept is None:
-            preemption.check_unsaved(done, total, "episodes")
-        else:
-            preemption.check_kept(done, total, "episodes", kept)
+        preemption.check_collected(done, total, "episodes", kept)
     return report
 
 
