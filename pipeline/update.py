@@ -34,13 +34,14 @@ def resolve_update_mode(mode: str, device: torch.device, precision: str = "32-tr
 
 def make_optimizers(agent: SACAgent) -> Optimizers:
     cfg = agent.cfg
-    # fused kernels where the device supports them; foreach otherwise. CUDA graphs need the step counters on the
-    # device (capturable)
-    kw: dict[str, object] = {"betas": (cfg.adam_beta1, 0.999)}
+    # Adam's fused kernel, on the CPU too: one pass over each weight instead of foreach's dozen (3.7x faster at the
+    # paper critic's 2.1M weights, bench/README.md); the same maths, rounded in another order (last-bit
+    # differences). CUDA graphs need the step counters on the device (capturable)
+    kw: dict[str, object] = {"betas": (cfg.adam_beta1, 0.999), "fused": True}
     device = next(agent.parameters()).device
     if device.type == "cuda":
         mode = resolve_update_mode(cfg.update_mode, device, agent.precision)
-        kw |= {"fused": True, "capturable": mode == "cuda_graphs"}
+        kw |= {"capturable": mode == "cuda_graphs"}
     return Optimizers(
         actor=torch.optim.Adam(agent.actor.parameters(), lr=cfg.actor_lr, **kw),
         critic=torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, **kw),

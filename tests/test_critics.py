@@ -146,6 +146,35 @@ def test_batch_renorm_after_warmup_corrects_towards_running_stats() -> None:
     torch.testing.assert_close(x2.grad, x3.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_batch_renorm_closed_form_gradient_equals_autograd_through_the_batch_statistics() -> None:
+    """The layer's hand-written backward against autograd of ``weight * ((x - mean) / std * r + d) + bias`` with the
+    batch mean and std as functions of x and r, d constants: in float64 to rounding, for every input."""
+    from pipeline.batch_renorm import _BatchRenormFunction
+
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(2, 9, 4, generator=g, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    weight = torch.randn(2, 1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(2, 1, 4, generator=g, dtype=torch.float64) + 0.5
+    d = torch.randn(2, 1, 4, generator=g, dtype=torch.float64)
+    dy = torch.randn(2, 9, 4, generator=g, dtype=torch.float64)
+    eps = 1e-3
+
+    def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = x.mean(1, keepdim=True)
+        return mean, ((x - mean).square().mean(1, keepdim=True) + eps).rsqrt()
+
+    mean, inv_std = statistics(x)
+    reference = weight * ((x - mean) * inv_std * r + d) + bias
+    mean, inv_std = statistics(x.detach())
+    closed_form = _BatchRenormFunction.apply(x, weight, bias, mean, inv_std, r, d)
+    torch.testing.assert_close(closed_form, reference, rtol=1e-12, atol=1e-12)
+    expected = torch.autograd.grad((reference * dy).sum(), (x, weight, bias))
+    got = torch.autograd.grad((closed_form * dy).sum(), (x, weight, bias))
+    for name, a, b in zip(("x", "weight", "bias"), got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"gradient of {name}")
+
+
 def test_crossq_joint_shares_batch_statistics_of_both_halves() -> None:
     torch.manual_seed(0)
     critic = CrossQCritic(OBS, ACT, n=2, hidden=16, layers=2)
