@@ -3,6 +3,7 @@
     python bench/online_throughput.py [--env robosuite/Lift] [--kind flow_t] [--steps 600] [--utd 1]
                                       [--copies 1 2 4] [--modes sync async] [--repeats 2] [--device cpu|cuda]
                                       [--set KEY=VALUE ...] [--variant NAME=KEY=VALUE,KEY=VALUE ...]
+                                      [--malloc keep|glibc]
 
 The default preset's agent (Flow-T, K = 4, batch 128) in ``pipeline.online.OnlineRunner``, the loop fine-tuning runs
 under Lightning, driven by a bare loop here: act, step every copy, store, ``--utd`` updates per env step. Each
@@ -29,7 +30,7 @@ from pipeline.config import Config, load_config
 from pipeline.envs import make_vector_env
 from pipeline.online import PHASES, OnlineRunner
 from pipeline.precision import check_precision
-from pipeline.runtime import cpu_description
+from pipeline.runtime import cpu_description, keep_freed_memory
 from pipeline.sac import SACAgent
 from pipeline.update import SACUpdater, make_optimizers
 
@@ -59,8 +60,11 @@ def main() -> None:
                    help="config override for every variant (e.g. sac.update_mode=cuda_graphs)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE,...",
                    help="a named set of overrides timed beside the others (e.g. fast=sac.act_mode=compile)")
+    p.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
+                   help="keep: malloc reuses freed memory, as the pipeline's stages set it; glibc: its defaults")
     args = p.parse_args()
     torch.set_num_threads(1)
+    malloc = "keep freed memory" if args.malloc == "keep" and keep_freed_memory() else "glibc defaults"
     named = {"base": []} if not args.variant else {
         v.split("=", 1)[0]: [o for o in v.split("=", 1)[1].split(",") if o] for v in args.variant}
     common = [f"policy.kind={args.kind}", f"finetune.env_id={args.env}", "finetune.from_pretrained=false",
@@ -95,7 +99,7 @@ def main() -> None:
                 best[key], shares[key] = rate, {k: v / elapsed for k, v in r.seconds.items()}
     print(f"env={args.env} kind={args.kind} K={cfg.policy.steps} batch={cfg.sac.batch_size} utd={args.utd} "
           f"steps={args.steps} threads=1 device={args.device}" + "".join(f" {o}" for o in args.set))
-    print(f"cpu: {cpu_description()}; torch {torch.__version__}")
+    print(f"cpu: {cpu_description()}; torch {torch.__version__}; malloc: {malloc}")
     for name, overrides in named.items():
         print(f"variant {name}: {', '.join(overrides) or 'no overrides'}")
     first = next(iter(named))

@@ -4,6 +4,7 @@
                                       [--modes eager eager_noguard compile cuda_graphs]
                                       [--precisions 32-true bf16-mixed] [--preset hopper_scratch_flow_t_paper]
                                       [--device cpu|cuda] [--repeats 30] [--hidden 256] [--set KEY=VALUE ...]
+                                      [--malloc keep|glibc]
 
 Each configuration runs a warm-up, then ``--repeats`` timed updates (critic + actor + alpha + Polyak; with
 ``--set sac.policy_delay=N`` the actor and alpha step on every N-th update, as in the from-scratch presets). The
@@ -24,7 +25,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.precision import PRECISIONS, check_precision
-from pipeline.runtime import cpu_description
+from pipeline.runtime import cpu_description, keep_freed_memory
 from pipeline.sac import Batch, SACAgent
 from pipeline.update import SACUpdater, make_optimizers
 
@@ -79,12 +80,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every row, e.g. critic.kind=crossq (repeatable)")
+    p.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
+                   help="keep: malloc reuses freed memory, as the pipeline's stages set it; glibc: its defaults")
     args = p.parse_args()
     device = torch.device(args.device)
+    malloc = "keep freed memory" if args.malloc == "keep" and keep_freed_memory() else "glibc defaults"
     sizes = f"preset={args.preset}" if args.preset else f"hidden={args.hidden}"
     print(f"device={device} {sizes} obs={OBS_DIM} act={ACT_DIM} repeats={args.repeats}"
           + "".join(f" {o}" for o in args.set))
-    print(f"cpu: {cpu_description()}; torch {torch.__version__}"
+    print(f"cpu: {cpu_description()}; torch {torch.__version__}; malloc: {malloc}"
           + (f"; gpu: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"{'threads':>7} {'batch':>5} {'K':>3} {'kind':>9} {'mode':>16} {'precision':>10} {'upd/s':>8} "
           f"{'vs gaussian':>11} {'vs ' + args.modes[0]:>8} {'vs ' + args.precisions[0]:>10}")

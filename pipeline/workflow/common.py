@@ -28,7 +28,7 @@ from pipeline.data import TransitionDataset, load_dataset
 from pipeline.data.chunking import chunk_transitions
 from pipeline.envs import make_vector_env
 from pipeline.precision import check_precision
-from pipeline.runtime import resolve_device, seed_everything, set_threads
+from pipeline.runtime import keep_freed_memory, resolve_device, seed_everything, set_threads
 from pipeline.sac import training_reward
 from pipeline.tracking import make_logger, missing_package
 
@@ -172,11 +172,12 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None, logger:
 
 
 def prepare(cfg: Config, out_dir: str | Path, rank: int = 0) -> Path:
-    """Create ``out_dir``, set threads, seed ``cfg.seed + rank`` (each DDP rank samples its own batches) and,
-    on rank 0 only, write ``config.yaml``."""
+    """Create ``out_dir``, set threads and malloc's reuse of freed memory, seed ``cfg.seed + rank`` (each DDP rank
+    samples its own batches) and, on rank 0 only, write ``config.yaml``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
+    keep_freed_memory()
     seed_everything(cfg.seed + rank)
     if rank == 0:
         save_config(cfg, out / "config.yaml")
