@@ -74,7 +74,7 @@ class _BatchRenormFunction(torch.autograd.Function):
 
     Autograd through the formula would run one elementwise op over the ``[n, B, h]`` activations per node of the
     variance's chain rule; the closed form below reads them in two reductions and two multiply-adds (paper-size
-    updates 1.11-1.16x faster, bench/README.md). The caller computes ``mean`` and ``inv_std`` without a graph. With
+    updates 1.08-1.20x faster, bench/README.md). The caller computes ``mean`` and ``inv_std`` without a graph. With
     ``g = dy * weight * r`` and ``x^ = (x - mean) * inv_std``, batch norm's gradient:
 
         dx = inv_std * (g - mean_B(g) - x^ * mean_B(g * x^))

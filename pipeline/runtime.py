@@ -69,7 +69,7 @@ def keep_freed_memory() -> bool:
 
     A paper-size update allocates and frees megabyte activations every step; with glibc's defaults a share of them
     come back as fresh pages each time (12k minor page faults per update at the paper's sizes, 900 after this;
-    8-10 % of the update, bench/README.md). Nothing changes what is computed. Skipped (returns False) off glibc
+    about 10 % of the update, bench/README.md). Nothing changes what is computed. Skipped (returns False) off glibc
     and where the user tunes malloc already (``MALLOC_*`` variables, or a preloaded allocator).
     """
     if any(k.startswith("MALLOC_") for k in os.environ) or "LD_PRELOAD" in os.environ:
