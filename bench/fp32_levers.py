@@ -41,33 +41,43 @@ def autograd_forward(self: nb.BatchRenorm, x: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(self.bias + self.weight * d, centered, self.weight * r / std)
 
 
-p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-p.add_argument("--threads", type=int, default=1)
-p.add_argument("--malloc", choices=["keep", "glibc"], default="keep")
-p.add_argument("--rounds", type=int, default=6)
-args = p.parse_args()
-kept = keep_freed_memory() if args.malloc == "keep" else False
-print(f"cpu: {cpu_description()}; torch {torch.__version__}; malloc: {'keep freed memory' if kept else 'glibc defaults'}")
-torch.set_num_threads(args.threads)
-new_fwd, old_fwd = nb.BatchRenorm.forward, autograd_forward
-for kind, preset in (("flow_t", "hopper_scratch_flow_t_paper"), ("flow_g", "hopper_scratch_flow_g_paper")):
-    u = make_updater(kind, None, 256, torch.device("cpu"), "eager", "32-true", preset, [])
-    fused = u.opt
-    fe = Optimizers(*(type(o)(o.param_groups[0]["params"], lr=o.param_groups[0]["lr"],
-                              betas=o.param_groups[0]["betas"], foreach=True) if o else None
-                      for o in (fused.actor, fused.critic, fused.alpha)))
-    b = random_batch(512, torch.device("cpu"))
-    variants = {"before": (old_fwd, fe), "after": (new_fwd, fused)}
-    res: dict[str, list[float]] = {k: [] for k in variants}
-    for name, (f, o) in variants.items():
-        nb.BatchRenorm.forward = f; u.opt = o
-        for _ in range(3): u.update(b)
-    for r in range(args.rounds):
-        for name, (f, o) in variants.items():
-            nb.BatchRenorm.forward = f; u.opt = o
-            t = time.perf_counter()
-            for _ in range(6): u.update(b)
-            res[name].append(round(6 / (time.perf_counter() - t), 2))
-    o, n = st.median(res["before"]), st.median(res["after"])
-    print(f"{preset} threads {args.threads}: autograd batch renorm + foreach Adam {o:.2f} upd/s, closed form + fused "
-          f"{n:.2f} upd/s, {n / o:.2f}x; rounds {res}", flush=True)
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--malloc", choices=["keep", "glibc"], default="keep")
+    p.add_argument("--rounds", type=int, default=6)
+    args = p.parse_args()
+    malloc = "keep freed memory" if args.malloc == "keep" and keep_freed_memory() else "glibc defaults"
+    print(f"cpu: {cpu_description()}; torch {torch.__version__}; malloc: {malloc}")
+    torch.set_num_threads(args.threads)
+    closed_form = nb.BatchRenorm.forward
+    for kind, preset in (("flow_t", "hopper_scratch_flow_t_paper"), ("flow_g", "hopper_scratch_flow_g_paper")):
+        updater = make_updater(kind, None, 256, torch.device("cpu"), "eager", "32-true", preset, [])
+        fused = updater.opt
+        foreach = Optimizers(*(type(o)(o.param_groups[0]["params"], lr=o.param_groups[0]["lr"],
+                                       betas=o.param_groups[0]["betas"], foreach=True) if o else None
+                               for o in (fused.actor, fused.critic, fused.alpha)))
+        batch = random_batch(512, torch.device("cpu"))
+        variants = {"before": (autograd_forward, foreach), "after": (closed_form, fused)}
+
+        def run(name: str, updates: int) -> float:
+            nb.BatchRenorm.forward, updater.opt = variants[name]
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                updater.update(batch)
+            return round(updates / (time.perf_counter() - t0), 2)
+
+        for name in variants:  # warm-up
+            run(name, 3)
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name in variants:
+                rates[name].append(run(name, 6))
+        before, after = st.median(rates["before"]), st.median(rates["after"])
+        print(f"{preset} threads {args.threads}: autograd batch renorm + foreach Adam {before:.2f} upd/s, closed "
+              f"form + fused {after:.2f} upd/s, {after / before:.2f}x; rounds {rates}", flush=True)
+    nb.BatchRenorm.forward = closed_form
+
+
+if __name__ == "__main__":
+    main()

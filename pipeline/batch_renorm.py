@@ -85,20 +85,19 @@ class _BatchRenormFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
                 inv_std: torch.Tensor, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         scale = weight * r * inv_std  # y = x * scale + shift
-        ctx.save_for_backward(x, weight, mean, inv_std, r, d)
+        ctx.save_for_backward(x, scale, mean, inv_std, r, d)
         return torch.addcmul(bias + weight * d - mean * scale, x, scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, mean, inv_std, r, d = ctx.saved_tensors
+        x, scale, mean, inv_std, r, d = ctx.saved_tensors
         rows = x.shape[1]
         dy_sum = dy.sum(dim=1, keepdim=True)
         # sum_B dy * x^, from sum_B dy * x: x^ is never formed
         dy_xhat = ((dy * x).sum(dim=1, keepdim=True) - mean * dy_sum) * inv_std
         dx = None
         if ctx.needs_input_grad[0]:
-            scale = weight * r * inv_std
             # dx = scale * (dy - dy_sum / B - x^ * dy_xhat / B) = dy * scale + x * k + c, per feature
             k = -scale * inv_std * dy_xhat / rows
             dx = torch.addcmul(-scale * dy_sum / rows - mean * k, x, k).addcmul_(dy, scale)
