@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
                                 reason="glibc's malloc")
 
 # 20 activations of 4 MiB allocated and freed per round, as a training step does: minor page faults per round
+ROUND_PAGES = 20 * 2**22 // 4096
 PROBE = """
 import resource, sys, torch
 from pipeline.runtime import keep_freed_memory
@@ -37,15 +38,14 @@ def probe(mode: str, **env: str) -> tuple[str, float]:
 
 
 def test_freed_activations_are_reused_instead_of_faulted_in_again() -> None:
-    kept, faults_kept = probe("keep")
-    _, faults_glibc = probe("glibc")
+    # Not measured against glibc's defaults: their thresholds adapt to the allocation history, so the same probe
+    # faults 20k times in most runs and 4k in some; trimming at a fixed threshold (the test below) faults every page
+    kept, faults = probe("keep")
     assert kept == "True"
-    # glibc's defaults give the freed 80 MiB back to the kernel each round (~20k faults of 4 KiB)
-    assert faults_glibc > 10_000
-    assert faults_kept < faults_glibc / 5
+    assert faults < ROUND_PAGES / 5
 
 
 def test_a_users_malloc_settings_are_left_alone() -> None:
     kept, faults = probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
     assert kept == "False"
-    assert faults > 10_000  # glibc's trimming, as the user asked
+    assert faults > ROUND_PAGES / 2  # glibc's trimming, as the user asked: the freed 80 MiB faulted in again
