@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
 
 from pipeline.critics import CrossQCritic  # noqa: E402
 from pipeline.policies.flow import FlowPolicy  # noqa: E402
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def speed(args: argparse.Namespace) -> None:
-    from update_throughput import make_updater, random_batch
+    from update_throughput import make_updater, random_batch, updates_per_second
 
     keep_freed_memory()
     torch.set_num_threads(args.threads)
@@ -78,12 +76,7 @@ def speed(args: argparse.Namespace) -> None:
         for name, updater in updaters.items():
             _kept.clear()
             _kept.update(variants[name][1])
-            for _ in range(2):  # warm-up: allocator and oneDNN caches of this variant
-                updater.update(batch)
-            t0 = time.perf_counter()
-            for _ in range(args.updates):
-                updater.update(batch)
-            rates[name].append(args.updates / (time.perf_counter() - t0))
+            rates[name].append(updates_per_second(updater, batch, args.updates))
     base = statistics.median(rates["fp32"])
     for name, r in rates.items():
         print(f"{name:20s} {statistics.median(r):6.2f} upd/s  {statistics.median(r) / base:.2f}x")
@@ -108,7 +101,10 @@ def main() -> None:
     s.add_argument("--updates", type=int, default=6)
     args = p.parse_args()
     _install()
-    run(args) if args.command == "run" else speed(args)
+    if args.command == "run":
+        run(args)
+    else:
+        speed(args)
 
 
 if __name__ == "__main__":
