@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.batch_renorm import BatchRenorm
-from pipeline.precision import full_precision
+from pipeline.precision import fp32_when_kept, full_precision
 
 
 class VectorizedLinear(nn.Module):
@@ -73,6 +73,7 @@ class QEnsemble(nn.Module):
         mods.append(OutputVectorizedLinear(n, width, 1))
         self.net = nn.Sequential(*mods)
 
+    @fp32_when_kept
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return ensemble_forward(self.net, self.n, obs, act)
 
@@ -101,6 +102,7 @@ class CrossQCritic(nn.Module):
         mods.append(OutputVectorizedLinear(n, width, 1))
         self.net = nn.Sequential(*mods)
 
+    @fp32_when_kept
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return ensemble_forward(self.net, self.n, obs, act)
 

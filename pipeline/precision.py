@@ -5,23 +5,31 @@ what it computes.
 BatchRenorm statistics, log-probabilities and every loss stay fp32. The layers whose outputs *are* the numbers SAC
 compares (Q-values, velocities, log-σ) compute in fp32 (:class:`FP32Linear`): bf16 keeps 8 bits of mantissa, so a
 Q-value of 100 would be rounded to ±0.5, larger than most TD errors.
+
+``trainer.precision_scope`` narrows bf16 to one half of the agent: the other half is marked with :func:`keep_fp32`,
+and its computing entry points (decorated with :func:`fp32_when_kept`) leave autocast, whoever entered it (the
+update, or Lightning's precision plugin around a training step).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import get_args
+from typing import Any, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import Precision
+from pipeline.config import Precision, PrecisionScope
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISION_SCOPES: tuple[str, ...] = get_args(PrecisionScope)
+# the half of the agent each scope keeps in fp32 (SACAgent's attribute names)
+KEPT_FP32: dict[str, tuple[str, ...]] = {"agent": (), "critic": ("actor",), "actor": ("critic", "critic_target")}
+_KEPT = "kept_fp32"  # the marker attribute keep_fp32 sets on a module
 
 
 @functools.cache
@@ -74,6 +82,32 @@ def full_precision(device_type: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def keep_fp32(module: nn.Module) -> nn.Module:
+    """Mark ``module`` to compute in fp32 under autocast too (its :func:`fp32_when_kept` entry points); returns it.
+    A ``copy.deepcopy`` of a marked module is marked too."""
+    setattr(module, _KEPT, True)
+    return module
+
+
+M = TypeVar("M", bound=Callable[..., Any])
+
+
+def fp32_when_kept(method: M) -> M:
+    """Decorate a module's computing entry point (a rollout, a critic's forward): on a module marked with
+    :func:`keep_fp32` the call leaves autocast, with its floating tensor arguments cast to fp32 (a no-op for fp32
+    ones); on any other module it runs as written."""
+
+    @functools.wraps(method)
+    def entry(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, _KEPT, False):
+            return method(self, *args, **kwargs)
+        with full_precision(args[0].device.type):
+            return method(self, *(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                                  for a in args), **kwargs)
+
+    return entry  # type: ignore[return-value]
 
 
 class FP32Linear(nn.Linear):

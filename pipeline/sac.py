@@ -26,7 +26,7 @@ from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import Config, CriticConfig, PolicyConfig, SACConfig
 from pipeline.critics import CrossQCritic, make_critic
 from pipeline.policies import make_policy
-from pipeline.precision import acting_precision, check_precision
+from pipeline.precision import KEPT_FP32, acting_precision, check_precision, keep_fp32
 
 # |a| past this counts as saturated in the ``action_saturation`` diagnostic: tanh' < 0.02 there, so neither Q nor
 # the entropy term can move such an action back (a flow whose sigma sits at its bound shows up here first)
@@ -56,11 +56,12 @@ class SACAgent(nn.Module):
 
     Observations are normalized inside the agent (``obs_mean``/``obs_std`` buffers travel with checkpoints), so
     callers always pass raw environment observations. ``precision`` (``trainer.precision``) is how its forward
-    passes execute when acting and in updates (:mod:`pipeline.precision`); it is not part of its state.
+    passes execute when acting and in updates, ``precision_scope`` (``trainer.precision_scope``) the half of the
+    agent it applies to (:mod:`pipeline.precision`); neither is part of its state.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, policy: PolicyConfig, critic: CriticConfig,
-                 sac: SACConfig, precision: str = "32-true") -> None:
+                 sac: SACConfig, precision: str = "32-true", precision_scope: str = "agent") -> None:
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.cfg = sac
@@ -79,6 +80,9 @@ class SACAgent(nn.Module):
         self.act_noise_std = sac.act_noise_std
         # how acting executes (sac.act_mode); what it computes is _act_normalized's
         self._act_fn = torch.compile(self._act_normalized) if sac.act_mode == "compile" else self._act_normalized
+        for name in KEPT_FP32[precision_scope]:
+            if getattr(self, name) is not None:
+                keep_fp32(getattr(self, name))
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -112,7 +116,8 @@ def agent_from_state(state: dict[str, Any], cfg: Config, obs_dim: int, act_dim: 
     """The agent of a stage's checkpoint ``state`` (its ``agent`` entry), built from ``cfg`` for an env with
     ``obs [S = obs_dim]`` and ``action [A = act_dim]``: the agent decides ``sac.chunk`` actions at once."""
     check_precision(cfg.trainer.precision, torch.device(device))
-    agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision)
+    agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision,
+                     cfg.trainer.precision_scope)
     agent = agent.to(device)
     agent.load_state_dict(state["agent"])
     return agent

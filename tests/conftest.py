@@ -33,13 +33,14 @@ def _single_thread() -> Iterator[None]:
 
 
 def tiny_agent(policy: dict[str, Any] | None = None, critic: dict[str, Any] | None = None,
-               seed: int = 0, **sac: Any) -> SACAgent:
-    """A SACAgent for ``obs [B, 3]``, ``action [B, 2]`` with 16-wide nets; keyword args are SACConfig fields."""
+               seed: int = 0, precision: str = "32-true", precision_scope: str = "agent", **sac: Any) -> SACAgent:
+    """A SACAgent for ``obs [B, 3]``, ``action [B, 2]`` with 16-wide nets; other keyword args are SACConfig
+    fields."""
     torch.manual_seed(seed)
     pcfg = PolicyConfig(**{"kind": "flow_g", "hidden": 16, "d_model": 8, "n_heads": 2, "n_layers": 1,
                            **(policy or {})})
     ccfg = CriticConfig(**{"hidden": 16, **(critic or {})})
-    return SACAgent(OBS_DIM, ACT_DIM, pcfg, ccfg, SACConfig(**sac))
+    return SACAgent(OBS_DIM, ACT_DIM, pcfg, ccfg, SACConfig(**sac), precision, precision_scope)
 
 
 def random_batch(batch: int = 8, seed: int = 1, **fields: torch.Tensor) -> Batch:

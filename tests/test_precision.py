@@ -3,6 +3,7 @@ BatchRenorm statistics, log-probabilities, losses and the output heads stay fp32
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pipeline.batch_renorm import BatchRenorm
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
 from pipeline.critics import QEnsemble
+from pipeline.sac import SACAgent
 from pipeline.update import SACUpdater, make_optimizers
 from conftest import ACT_DIM, OBS_DIM, random_batch, tiny_agent, tiny_d4rl
 
@@ -97,6 +99,42 @@ def test_a_cpu_acts_in_fp32_whatever_the_precision_and_the_autocast_around_it() 
     assert torch.equal(actions, fp32.act(obs, True))
 
 
+def _halves(agent: SACAgent, obs: torch.Tensor, act: torch.Tensor, autocast: bool) -> dict[str, torch.Tensor]:
+    """What each half of ``agent`` computes on the same inputs and noise, under bf16 autocast or not."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    out = {}
+    with ctx:
+        torch.manual_seed(7)
+        out["actor sample"], out["actor log-prob"] = agent.actor.sample(obs)
+        torch.manual_seed(8)
+        out["actor bc loss"] = agent.actor.bc_loss(obs, act)
+        out["critic"] = agent.critic(obs, act)
+        if agent.critic_target is not None:
+            out["critic target"] = agent.critic_target(obs, act)
+    return out
+
+
+@pytest.mark.parametrize("policy,critic", [("flow_t", "crossq"), ("flow_g", "ensemble"), ("gaussian", "ensemble")])
+@pytest.mark.parametrize("scope", ["critic", "actor"])
+def test_precision_scope_keeps_the_other_half_in_fp32(scope: str, policy: str, critic: str) -> None:
+    """Under bf16 autocast (the update's, or Lightning's around a training step) the half of the agent outside
+    ``trainer.precision_scope`` computes exactly what fp32 computes, and the half inside it rounds."""
+    obs, act = torch.randn(16, OBS_DIM), torch.rand(16, ACT_DIM) * 1.8 - 0.9
+    fp32 = _halves(tiny_agent({"kind": policy}, {"kind": critic}), obs, act, autocast=False)
+    scoped = _halves(tiny_agent({"kind": policy}, {"kind": critic}, precision="bf16-mixed", precision_scope=scope),
+                     obs, act, autocast=True)
+    everywhere = _halves(tiny_agent({"kind": policy}, {"kind": critic}, precision="bf16-mixed"), obs, act,
+                         autocast=True)
+    for name, value in scoped.items():
+        assert value.dtype == torch.float32, name
+        if name.startswith(scope):
+            assert not torch.equal(value, fp32[name]), f"{name} should compute in bf16"
+            torch.testing.assert_close(value, fp32[name], rtol=0.05, atol=0.05)
+        else:
+            assert torch.equal(value, fp32[name]), f"{name} should compute in fp32"
+            assert not torch.equal(everywhere[name], fp32[name]), f"{name} rounds without the scope"
+
+
 def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     with pytest.raises(ValueError, match="trainer.precision = 'bf16-mixed' needs a CPU with AVX-512 BF16 or AMX"):
@@ -109,6 +147,12 @@ def test_precision_config_errors_name_the_keys() -> None:
         load_config("smoke", ["trainer.precision=16-mixed"])
     with pytest.raises(ConfigError, match="'sac.update_mode' = 'cuda_graphs' with 'trainer.precision'"):
         load_config("smoke", ["trainer.precision=bf16-mixed", "sac.update_mode=cuda_graphs"])
+    with pytest.raises(ConfigError, match="'trainer.precision_scope' = 'critic' narrows .* '32-true'"):
+        load_config("smoke", ["trainer.precision_scope=critic"])
+    with pytest.raises(ConfigError, match="trainer.precision_scope"):
+        load_config("smoke", ["trainer.precision=bf16-mixed", "trainer.precision_scope=policy"])
+    assert load_config("smoke", ["trainer.precision=bf16-mixed", "trainer.precision_scope=actor"]).trainer \
+        .precision_scope == "actor"
 
 
 @pytest.mark.skipif(not precision.cpu_has_fast_bf16(), reason="this CPU has no AVX-512 BF16 / AMX")
@@ -119,7 +163,9 @@ def test_bf16_pretraining_and_finetuning_run_through_lightning(tmp_path: Path) -
                  f"pretrain.dataset.source={data}", "--set", "pretrain.steps=20", "--out", str(tmp_path / "pre")]) == 0
     rows = (tmp_path / "pre/pretrain.csv").read_text().splitlines()
     assert len(rows) == 3 and "nan" not in rows[-1]
-    assert main(["finetune", *common, "--set", "finetune.env_id=Pendulum-v1", "--set", "finetune.env_options={}",
+    # fine-tuning with bf16 in the critic only (the actor leaves Lightning's autocast)
+    assert main(["finetune", *common, "--set", "trainer.precision_scope=critic", "--set",
+                 "finetune.env_id=Pendulum-v1", "--set", "finetune.env_options={}",
                  "--set", "finetune.from_pretrained=false", "--set", "finetune.total_steps=120", "--set",
                  "finetune.learning_starts=40", "--set", "finetune.vectorization_mode=sync",
                  "--out", str(tmp_path / "ft")]) == 0

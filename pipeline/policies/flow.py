@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pipeline.batch_renorm import ActorBatchRenorm, PerStepActorBatchRenorm
 from pipeline.policies.kinds import BC_TARGETS, LOG_PROB_MODES, NOISE_MODES, TANH_JACOBIAN_MODES
+from pipeline.precision import fp32_when_kept
 
 
 # Pre-tanh BC targets are atanh of actions clipped to ±(1 − ATANH_CLIP_EPS): a ±1 gripper command
@@ -187,6 +188,7 @@ class FlowPolicy(nn.Module):
         return float(noise_std)
 
     # ------------------------------------------------------------------ rollout
+    @fp32_when_kept
     def rollout(
         self,
         obs: Tensor,
@@ -296,6 +298,7 @@ class FlowPolicy(nn.Module):
         """The point ``x1 [B,A]`` the flow is regressed onto for dataset ``actions [B,A]``."""
         return atanh_target(actions) if self.bc_target == "pretanh" else actions
 
+    @fp32_when_kept
     def bc_loss(self, obs: Tensor, actions: Tensor, generator: torch.Generator | None = None,
                 mask: Tensor | None = None) -> Tensor:
         """Rectified-flow BC loss for ``obs [B,S]``, dataset ``actions [B,A]`` in [-1, 1] -> scalar.

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pipeline.precision import FP32Linear
+from pipeline.precision import FP32Linear, fp32_when_kept
 from pipeline.batch_renorm import ActorBatchRenorm
 from pipeline.policies.flow import atanh_target, tanh_log_det_jacobian
 from pipeline.policies.kinds import GAUSSIAN_BATCH_RENORM_MODES, TANH_JACOBIAN_MODES
@@ -61,6 +61,7 @@ class GaussianPolicy(nn.Module):
         if obs.dim() != 2 or obs.shape[-1] != self.obs_dim:
             raise ValueError(f"obs must have shape [batch, {self.obs_dim}], got {tuple(obs.shape)}")
 
+    @fp32_when_kept
     def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [B,S] -> (mean [B,A], log_std [B,A])`` of the pre-tanh Gaussian."""
         self._check_obs(obs)
