@@ -80,6 +80,8 @@ class SACAgent(nn.Module):
         self.act_noise_std = sac.act_noise_std
         # how acting executes (sac.act_mode); what it computes is _act_normalized's
         self._act_fn = torch.compile(self._act_normalized) if sac.act_mode == "compile" else self._act_normalized
+        if precision_scope not in KEPT_FP32:
+            raise ValueError(f"precision_scope = {precision_scope!r}: expected one of {', '.join(KEPT_FP32)}")
         for name in KEPT_FP32[precision_scope]:
             if getattr(self, name) is not None:
                 keep_fp32(getattr(self, name))

@@ -153,6 +153,8 @@ def test_precision_config_errors_name_the_keys() -> None:
         load_config("smoke", ["trainer.precision=bf16-mixed", "trainer.precision_scope=policy"])
     assert load_config("smoke", ["trainer.precision=bf16-mixed", "trainer.precision_scope=actor"]).trainer \
         .precision_scope == "actor"
+    with pytest.raises(ValueError, match="precision_scope = 'policy': expected one of agent, critic, actor"):
+        tiny_agent(precision="bf16-mixed", precision_scope="policy")
 
 
 @pytest.mark.skipif(not precision.cpu_has_fast_bf16(), reason="this CPU has no AVX-512 BF16 / AMX")
