@@ -42,12 +42,12 @@ def main() -> None:
     print(f"cpu: {cpu_description()}; torch {torch.__version__}; preset {args.preset}, kind {args.kind}, "
           f"batch {args.batch}, {args.threads} thread(s)")
     device = torch.device("cpu")
+    batch = random_batch(args.batch, device)
     variants = {("32-true", "agent"): []} | {("bf16-mixed", s): [] for s in args.scopes}
     for mode in args.modes:
         torch.compiler.reset()
         updaters = {v: make_updater(args.kind, None, 256, device, mode, v[0], args.preset,
                                     [f"trainer.precision_scope={v[1]}"]) for v in variants}
-        batch = random_batch(args.batch, device)
         rates: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v, updater in updaters.items():

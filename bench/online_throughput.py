@@ -39,8 +39,7 @@ def make_runner(cfg: Config, env: gym.vector.VectorEnv, run_dir: str, device: st
     obs_dim, act_dim = env.single_observation_space.shape[0], env.single_action_space.shape[0]
     torch.manual_seed(0)
     check_precision(cfg.trainer.precision, torch.device(device))
-    agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision,
-                     cfg.trainer.precision_scope).to(device)
+    agent = SACAgent.from_config(cfg, obs_dim, act_dim).to(device)
     online = ReplayBuffer(cfg.finetune.buffer_size, obs_dim, act_dim, agent.obs_mean.device)
     sampler = OfflineOnlineSampler(online, None, "seeded", 0.0)
     return OnlineRunner(cfg, agent, SACUpdater(agent, make_optimizers(agent)), env, None, sampler, run_dir,

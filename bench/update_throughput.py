@@ -40,8 +40,7 @@ def make_updater(kind: str, steps: int | None, hidden: int, device: torch.device
     cfg = load_config(preset, [f"policy.kind={kind}", *sizes, *([f"policy.steps={steps}"] if steps else []),
                                f"sac.update_mode={update_mode}", f"trainer.precision={precision}", *overrides])
     check_precision(precision, device)
-    agent = SACAgent(OBS_DIM, ACT_DIM, cfg.policy, cfg.critic, cfg.sac, precision,
-                     cfg.trainer.precision_scope).to(device)
+    agent = SACAgent.from_config(cfg, OBS_DIM, ACT_DIM).to(device)
     return SACUpdater(agent, make_optimizers(agent), check_finite=not mode.endswith("_noguard"))
 
 

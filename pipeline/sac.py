@@ -86,6 +86,13 @@ class SACAgent(nn.Module):
             if getattr(self, name) is not None:
                 keep_fp32(getattr(self, name))
 
+    @classmethod
+    def from_config(cls, cfg: Config, obs_dim: int, act_dim: int) -> SACAgent:
+        """The agent ``cfg`` describes, for ``obs [S = obs_dim]`` and the actions it decides at once
+        ``[act_dim]``, in ``cfg.trainer``'s precision and scope."""
+        return cls(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision,
+                   cfg.trainer.precision_scope)
+
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
@@ -118,9 +125,7 @@ def agent_from_state(state: dict[str, Any], cfg: Config, obs_dim: int, act_dim: 
     """The agent of a stage's checkpoint ``state`` (its ``agent`` entry), built from ``cfg`` for an env with
     ``obs [S = obs_dim]`` and ``action [A = act_dim]``: the agent decides ``sac.chunk`` actions at once."""
     check_precision(cfg.trainer.precision, torch.device(device))
-    agent = SACAgent(obs_dim, act_dim * cfg.sac.chunk, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision,
-                     cfg.trainer.precision_scope)
-    agent = agent.to(device)
+    agent = SACAgent.from_config(cfg, obs_dim, act_dim * cfg.sac.chunk).to(device)
     agent.load_state_dict(state["agent"])
     return agent
 

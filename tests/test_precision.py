@@ -135,6 +135,13 @@ def test_precision_scope_keeps_the_other_half_in_fp32(scope: str, policy: str, c
             assert not torch.equal(everywhere[name], fp32[name]), f"{name} rounds without the scope"
 
 
+def test_every_scope_names_the_halves_it_keeps_in_fp32() -> None:
+    """The config's scopes (a Literal) and the table of halves each keeps in fp32 live apart: they must agree."""
+    assert set(precision.KEPT_FP32) == set(precision.PRECISION_SCOPES)
+    agent = tiny_agent({"kind": "gaussian"}, {"kind": "ensemble"})
+    assert all(hasattr(agent, half) for halves in precision.KEPT_FP32.values() for half in halves)
+
+
 def test_bf16_is_refused_on_a_cpu_without_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     with pytest.raises(ValueError, match="trainer.precision = 'bf16-mixed' needs a CPU with AVX-512 BF16 or AMX"):

@@ -26,8 +26,7 @@ class SACModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # SAC steps three optimizers per update
         self.cfg = cfg
-        self.agent = SACAgent(obs_dim, act_dim, cfg.policy, cfg.critic, cfg.sac, cfg.trainer.precision,
-                              cfg.trainer.precision_scope)
+        self.agent = SACAgent.from_config(cfg, obs_dim, act_dim)
         if normalization is not None and cfg.pretrain.dataset.normalize_obs:
             self.agent.set_obs_normalization(normalization.obs_mean, normalization.obs_std)
 
