@@ -68,7 +68,8 @@ def main() -> None:
                     check_precision(prec, torch.device("cpu"))
                     torch.manual_seed(0)
                     torch.compiler.reset()
-                    agent = SACAgent(args.obs, args.act, cfg.policy, cfg.critic, cfg.sac, prec).eval()
+                    # scope 'agent': acting is the actor's rollout, which the default scope keeps in fp32
+                    agent = SACAgent(args.obs, args.act, cfg.policy, cfg.critic, cfg.sac, prec, "agent").eval()
                     forced = args.force_precision and prec == "bf16-mixed"
                     if forced:  # acting_precision would leave autocast on the CPU: go round it
                         agent.act = _autocast_act(agent)

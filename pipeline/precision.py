@@ -28,7 +28,7 @@ from pipeline.config import Precision, PrecisionScope
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 PRECISION_SCOPES: tuple[str, ...] = get_args(PrecisionScope)
 # the half of the agent each scope keeps in fp32 (SACAgent's attribute names)
-KEPT_FP32: dict[str, tuple[str, ...]] = {"agent": (), "critic": ("actor",), "actor": ("critic", "critic_target")}
+KEPT_FP32: dict[str, tuple[str, ...]] = {"critic": ("actor",), "agent": (), "actor": ("critic", "critic_target")}
 _KEPT = "kept_fp32"  # the marker attribute keep_fp32 sets on a module
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from pipeline.batch_renorm import batch_statistics
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
-from pipeline.config import Config, CriticConfig, PolicyConfig, SACConfig
+from pipeline.config import Config, CriticConfig, PolicyConfig, SACConfig, TrainerConfig
 from pipeline.critics import CrossQCritic, make_critic
 from pipeline.policies import make_policy
 from pipeline.precision import KEPT_FP32, acting_precision, check_precision, keep_fp32
@@ -61,7 +61,8 @@ class SACAgent(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, policy: PolicyConfig, critic: CriticConfig,
-                 sac: SACConfig, precision: str = "32-true", precision_scope: str = "agent") -> None:
+                 sac: SACConfig, precision: str = TrainerConfig.precision,
+                 precision_scope: str = TrainerConfig.precision_scope) -> None:
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.cfg = sac
