@@ -1,19 +1,19 @@
 """Online-loop speed with env copies: env steps/s of fine-tuning's loop by ``finetune.num_envs`` and mode.
 
-    python bench/online_throughput.py [--env robosuite/Lift] [--kind flow_t] [--steps 600] [--utd 1]
-                                      [--copies 1 2 4] [--modes sync async] [--repeats 2] [--device cpu|cuda]
-                                      [--set KEY=VALUE ...] [--variant NAME=KEY=VALUE,KEY=VALUE ...]
-                                      [--malloc keep|glibc]
+    python bench/online_throughput.py [--env robosuite/Lift] [--kind flow_t] [--preset default] [--steps 600]
+                                      [--utd 1] [--copies 1 2 4] [--modes sync async] [--repeats 2]
+                                      [--device cpu|cuda] [--set KEY=VALUE ...]
+                                      [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--malloc keep|glibc]
 
-The default preset's agent (Flow-T, K = 4, batch 128) in ``pipeline.online.OnlineRunner``, the loop fine-tuning runs
-under Lightning, driven by a bare loop here: act, step every copy, store, ``--utd`` updates per env step. Each
-variant first fills its buffer (one batch, untimed), then runs ``--steps`` env steps; repeats are interleaved, the
-best kept, all in one process. The baseline is one env in this process (``num_envs: 1``, ``sync``: the default);
-``1 copy, async`` is one worker process stepping while this process updates. Env construction and worker start-up
-are excluded. Prints env steps/s, the ratio against one env, and where the time went (the runner's own phase
-clock). ``--utd 0`` times collection alone. ``--variant`` adds named override sets (how the same loop executes:
-``sac.update_mode``, ``sac.act_mode``, ``trainer.precision``), each run on every copies/mode variant, with ratios
-against the first variant's one env.
+The default preset's agent (Flow-T, K = 4, batch 128; ``--preset`` for another's, batch included) in
+``pipeline.online.OnlineRunner``, the loop fine-tuning runs under Lightning, driven by a bare loop here: act, step
+every copy, store, ``--utd`` updates per env step. Each variant first fills its buffer (one batch, untimed), then
+runs ``--steps`` env steps; repeats are interleaved, the best kept, all in one process. The baseline is one env in
+this process (``num_envs: 1``, ``sync``: the default); ``1 copy, async`` is one worker process stepping while this
+process updates. Env construction and worker start-up are excluded. Prints env steps/s, the ratio against one env,
+and where the time went (the runner's own phase clock). ``--utd 0`` times collection alone. ``--variant`` adds named
+override sets (how the same loop executes: ``sac.update_mode``, ``sac.act_mode``, ``trainer.precision``), each run
+on every copies/mode variant, with ratios against the first variant's one env.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="robosuite/Lift")
     p.add_argument("--kind", default="flow_t")
+    p.add_argument("--preset", default="default", help="the agent and SAC settings (batch 128 for 'default')")
     p.add_argument("--steps", type=int, default=600, help="timed env steps per variant and repeat")
     p.add_argument("--utd", type=int, default=1, help="updates per env step (0: collection only)")
     p.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4])
@@ -68,17 +69,18 @@ def main() -> None:
     named = {"base": []} if not args.variant else {
         v.split("=", 1)[0]: [o for o in v.split("=", 1)[1].split(",") if o] for v in args.variant}
     common = [f"policy.kind={args.kind}", f"finetune.env_id={args.env}", "finetune.from_pretrained=false",
-              "finetune.random_steps=0", f"sac.utd={max(args.utd, 1)}", "sac.batch_size=128",
+              "finetune.random_steps=0", f"sac.utd={max(args.utd, 1)}",
+              *(["sac.batch_size=128"] if args.preset == "default" else []),
               "finetune.log_every=100000000", "finetune.checkpoint_every=100000000", *args.set]
     # env steps before updates start: one batch in the buffer
-    warmup = load_config("default", common).sac.batch_size
+    warmup = load_config(args.preset, common).sac.batch_size
     common.append(f"finetune.learning_starts={warmup if args.utd else 10**9}")
     shapes = [(1, "sync")] + [(n, m) for m in args.modes for n in args.copies if (n, m) != (1, "sync")]
     tmp = tempfile.TemporaryDirectory()
     runners = {}
     for name, overrides in named.items():
         for n, mode in shapes:
-            cfg = load_config("default", [*common, *overrides, f"finetune.num_envs={n}",
+            cfg = load_config(args.preset, [*common, *overrides, f"finetune.num_envs={n}",
                                           f"finetune.vectorization_mode={mode}"])
             env = make_vector_env(args.env, n, mode, seed=cfg.seed)
             runners[(name, n, mode)] = make_runner(cfg, env, f"{tmp.name}/{name}_{n}_{mode}", args.device)
@@ -97,8 +99,8 @@ def main() -> None:
             rate = (r.env_step - start) / elapsed
             if rate > best[key]:
                 best[key], shares[key] = rate, {k: v / elapsed for k, v in r.seconds.items()}
-    print(f"env={args.env} kind={args.kind} K={cfg.policy.steps} batch={cfg.sac.batch_size} utd={args.utd} "
-          f"steps={args.steps} threads=1 device={args.device}" + "".join(f" {o}" for o in args.set))
+    print(f"env={args.env} preset={args.preset} kind={args.kind} K={cfg.policy.steps} batch={cfg.sac.batch_size} "
+          f"utd={args.utd} steps={args.steps} threads=1 device={args.device}" + "".join(f" {o}" for o in args.set))
     print(f"cpu: {cpu_description()}; torch {torch.__version__}; malloc: {malloc}")
     for name, overrides in named.items():
         print(f"variant {name}: {', '.join(overrides) or 'no overrides'}")
