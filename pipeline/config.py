@@ -189,10 +189,10 @@ class TrainerConfig:
     strategy: Literal["auto", "ddp"] = "auto"  # auto: DDP when devices x num_nodes > 1, else one process
     num_nodes: int = 1  # machines (Slurm: $SLURM_NNODES); every node runs `devices` processes
     progress: bool = True  # rich progress bars (off in CI logs)
-    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and, on CUDA, in acting (a CPU acts in
-    # fp32, faster at acting's small batches); weights, optimizer state, BatchRenorm statistics, log-probabilities,
-    # losses and output heads stay fp32. Needs a CPU with AVX-512 BF16 or AMX, or a GPU with bf16; not with
-    # sac.update_mode = cuda_graphs (untested)
+    # 32-true | bf16-mixed: matrix products under bf16 autocast in updates and, on CUDA, in acting when the actor is
+    # in precision_scope (a CPU acts in fp32, faster at acting's small batches); weights, optimizer state,
+    # BatchRenorm statistics, log-probabilities, losses and output heads stay fp32. Needs a CPU with AVX-512 BF16 or
+    # AMX, or a GPU with bf16; not with sac.update_mode = cuda_graphs (untested)
     precision: Precision = "32-true"
     # critic | agent | actor: which half of the agent bf16-mixed applies to (the other computes in fp32; nothing
     # changes under 32-true). The critic by default: on Hopper-v5 bf16 in both halves fell off where either half

@@ -55,6 +55,24 @@ def test_ensemble_shape_and_equals_per_member_linear_loop(layer_norm: bool) -> N
     assert not torch.allclose(q[0], q[1])
 
 
+def test_ensemble_gradients_equal_the_per_member_linear_loop() -> None:
+    """The Q head's product-and-sum (not a batched matmul) back-propagates what nn.Linear does, to its weights and
+    to the action (the actor's gradient)."""
+    torch.manual_seed(0)
+    ens = QEnsemble(OBS, ACT, n=N, hidden=16, layers=2)
+    obs, act = inputs()
+    act_vec, act_ref = act.clone().requires_grad_(), act.clone().requires_grad_()
+    nets = member_networks(ens)
+    ens(obs, act_vec).min(0).values.mean().backward()
+    x = torch.cat([obs, act_ref], dim=-1)
+    torch.stack([net(x).squeeze(-1) for net in nets]).min(0).values.mean().backward()
+    torch.testing.assert_close(act_vec.grad, act_ref.grad, rtol=1e-5, atol=1e-7)
+    head, heads = ens.net[-1], [net[-1] for net in nets]
+    torch.testing.assert_close(head.weight.grad[:, :, 0], torch.stack([h.weight.grad[0] for h in heads]),
+                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(head.bias.grad[:, 0, 0], torch.stack([h.bias.grad[0] for h in heads]))
+
+
 def test_ensemble_members_are_independent() -> None:
     torch.manual_seed(0)
     ens = QEnsemble(OBS, ACT, n=N, hidden=16, layers=2, layer_norm=True)
