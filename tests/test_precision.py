@@ -185,8 +185,8 @@ def test_bf16_pretraining_and_finetuning_run_through_lightning(tmp_path: Path) -
     common = ["--preset", "smoke", "--quiet", "--set", "trainer.precision=bf16-mixed"]
     # pretraining with bf16 in both halves, fine-tuning in the default scope (the actor leaves Lightning's autocast)
     assert main(["pretrain", *common, "--set", "trainer.precision_scope=agent", "--set", "pretrain.dataset.format=d4rl",
-                 "--set",
-                 f"pretrain.dataset.source={data}", "--set", "pretrain.steps=20", "--out", str(tmp_path / "pre")]) == 0
+                 "--set", f"pretrain.dataset.source={data}", "--set", "pretrain.steps=20",
+                 "--out", str(tmp_path / "pre")]) == 0
     rows = (tmp_path / "pre/pretrain.csv").read_text().splitlines()
     assert len(rows) == 3 and "nan" not in rows[-1]
     assert main(["finetune", *common, "--set", "finetune.env_id=Pendulum-v1", "--set", "finetune.env_options={}",
