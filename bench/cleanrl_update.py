@@ -1,7 +1,7 @@
 """Gaussian SAC's update against CleanRL's, at CleanRL's sizes and settings, in one process.
 
     python bench/cleanrl_update.py [--threads 1] [--rounds 7] [--env-steps 40]
-                                   [--variants eager compile bf16 compile+bf16] [--obs 11 --act 3]
+                                   [--variants eager compile bf16 compile+bf16 fullgraph fullgraph+bf16] [--obs 11 --act 3]
 
 The baseline is CleanRL's ``sac_continuous_action.py`` update, restated in :class:`CleanRLUpdate`: two separate Q
 MLPs with target copies and a tanh-Gaussian actor, all 2 x 256, batch 256, PyTorch's default Adam (its per-tensor
@@ -40,6 +40,8 @@ VARIANTS = {
     "compile": ["sac.update_mode=compile"],
     "bf16": ["sac.update_mode=eager", "trainer.precision=bf16-mixed"],
     "compile+bf16": ["sac.update_mode=compile", "trainer.precision=bf16-mixed"],
+    "fullgraph": ["sac.update_mode=compile_fullgraph"],
+    "fullgraph+bf16": ["sac.update_mode=compile_fullgraph", "trainer.precision=bf16-mixed"],
 }
 POLICY_FREQUENCY = 2  # CleanRL's: the actor (and alpha) step this many times every this many env steps
 

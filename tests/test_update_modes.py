@@ -7,11 +7,13 @@ check the guard's maths in milliseconds; one test compiles for real. CUDA graphs
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
 
 from conftest import assert_same_losses_and_statistics, crossq_updates, random_batch, tiny_agent
+from pipeline.config import ConfigError, load_config
 from pipeline.precision import cpu_has_fast_bf16
 from pipeline.update import NonFiniteError, SACUpdater, make_optimizers
 
@@ -130,6 +132,89 @@ def test_compiled_crossq_updates_match_eager(batch_renorm: str) -> None:
                                       rtol=3e-4)
     agent = compiled[0].agent
     assert int(agent.critic.net[0].steps) == 4 and int(agent.actor.obs_norm.steps) == 2
+
+
+def _updates(mode: str, kind: str, n: int = 3, weights: dict[str, float] | None = None, **sac: Any) -> tuple[
+        SACUpdater, list[dict[str, torch.Tensor]]]:
+    """``n`` updates of a tiny agent in ``mode`` (actor and alpha every update, the actor objective's ``weights``),
+    each after seeding the RNG."""
+    torch.compiler.reset()
+    agent = tiny_agent({"kind": kind}, update_mode=mode, policy_delay=1, **sac)
+    updater = SACUpdater(agent, make_optimizers(agent))
+    infos = []
+    for i in range(n):
+        torch.manual_seed(10 + i)
+        infos.append({k: v.clone() for k, v in updater.update(random_batch(16, seed=i), **(weights or {})).items()})
+    return updater, infos
+
+
+def _assert_same_updates(a: tuple[SACUpdater, list[dict]], b: tuple[SACUpdater, list[dict]], atol: float) -> None:
+    (ua, ia), (ub, ib) = a, b
+    assert [sorted(i) for i in ia] == [sorted(i) for i in ib]
+    for info_a, info_b in zip(ia, ib):
+        for k in info_a:
+            torch.testing.assert_close(info_b[k], info_a[k], atol=atol, rtol=1e-4, msg=k)
+    for k, v in ua.agent.state_dict().items():
+        torch.testing.assert_close(ub.agent.state_dict()[k], v, atol=atol, rtol=1e-4, msg=k)
+    # the written-out Adam keeps torch's Adam state, so checkpoints look the same in every mode
+    for opt_a, opt_b in zip((ua.opt.critic, ua.opt.actor, ua.opt.alpha), (ub.opt.critic, ub.opt.actor, ub.opt.alpha)):
+        sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            assert sa[i].keys() == sb[i].keys()
+            for k in sa[i]:
+                torch.testing.assert_close(sb[i][k], sa[i][k], atol=atol, rtol=1e-4, msg=f"{i}.{k}")
+
+
+@pytest.mark.usefixtures("force_eager")
+@pytest.mark.parametrize("kind", ["gaussian", "flow_g", "flow_t"])
+def test_fullgraph_steps_compute_the_eager_update(kind: str) -> None:
+    """``compile_fullgraph``'s steps (torch.func gradients, Adam written out), run eagerly: the same losses,
+    weights and optimizer state as the eager mode's backward and torch's Adam, with gradient clipping on."""
+    _assert_same_updates(_updates("eager", kind, grad_clip=0.5), _updates("compile_fullgraph", kind, grad_clip=0.5),
+                         atol=1e-6)
+
+
+@pytest.mark.usefixtures("force_eager")
+def test_fullgraph_steps_compute_the_pretraining_objective() -> None:
+    """The offline objective (flow matching, BC and Q terms together) through torch.func as through backward."""
+    weights = {"bc_weight": 2.0, "q_weight": 1.0, "flow_weight": 1.0}
+    _assert_same_updates(_updates("eager", "flow_t", weights=weights),
+                         _updates("compile_fullgraph", "flow_t", weights=weights), atol=1e-6)
+
+
+@pytest.mark.usefixtures("force_eager")
+def test_fullgraph_guard_skips_a_nan_critic_step() -> None:
+    agent = tiny_agent({"kind": "gaussian"}, max_nonfinite=3, update_mode="compile_fullgraph")
+    updater = SACUpdater(agent, make_optimizers(agent))
+    updater.update(random_batch(16))
+    critic, actor = snapshot(agent.critic), snapshot(agent.actor)
+    info = updater.update(nan_batch(2))
+    assert not torch.isfinite(info["critic_grad_norm"])
+    assert all(torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))
+    assert updater.skipped == 1 and updater.nonfinite_streak == {"critic": 1, "actor": 0}
+    assert not all(torch.equal(a, b) for a, b in zip(actor, agent.actor.parameters()))
+    for seed in range(2):
+        updater.update(nan_batch(10 + seed))
+    with pytest.raises(NonFiniteError, match="3 consecutive non-finite critic updates"):
+        _ = updater.skipped
+
+
+def test_fullgraph_refuses_batch_renorm() -> None:
+    with pytest.raises(ConfigError, match="'sac.update_mode' = 'compile_fullgraph' does not run batch renorm"):
+        load_config("smoke", ["sac.update_mode=compile_fullgraph", "critic.kind=crossq"])
+    with pytest.raises(ConfigError, match="policy.batch_renorm = 'crossq'"):
+        load_config("smoke", ["sac.update_mode=compile_fullgraph", "policy.batch_renorm=crossq"])
+    agent = tiny_agent({"kind": "gaussian"}, {"kind": "crossq"}, update_mode="compile_fullgraph")
+    with pytest.raises(ValueError, match="does not run batch renorm"):
+        SACUpdater(agent, make_optimizers(agent))
+
+
+@pytest.mark.slow  # inductor compiles both steps whole: ~1 min per policy kind on two CPU cores
+@pytest.mark.usefixtures("inductor_eager_random")
+@pytest.mark.parametrize("kind", ["gaussian", "flow_g", "flow_t"])
+def test_fullgraph_compiled_updates_match_eager(kind: str) -> None:
+    _assert_same_updates(_updates("eager", kind), _updates("compile_fullgraph", kind), atol=1e-5)
 
 
 def test_cuda_graphs_need_a_cuda_agent() -> None:
