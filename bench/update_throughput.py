@@ -1,7 +1,7 @@
 """Update throughput (SAC updates/s) of every policy kind, measured in one process; ratios against Gaussian SAC.
 
     python bench/update_throughput.py [--steps 1 4 10] [--batch 256 1024] [--threads 1 2]
-                                      [--modes eager eager_noguard compile cuda_graphs]
+                                      [--modes eager eager_noguard compile compile_fullgraph cuda_graphs]
                                       [--precisions 32-true bf16-mixed] [--preset hopper_scratch_flow_t_paper]
                                       [--device cpu|cuda] [--repeats 30] [--hidden 256] [--set KEY=VALUE ...]
                                       [--malloc keep|glibc]
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--modes", nargs="+", default=["eager"],
-                   choices=["eager", "eager_noguard", "compile", "cuda_graphs"])
+                   choices=["eager", "eager_noguard", "compile", "compile_fullgraph", "cuda_graphs"])
     p.add_argument("--precisions", nargs="+", default=["32-true"], choices=PRECISIONS)
     p.add_argument("--preset", help="network sizes and SAC settings of this preset (kind still from --kinds)")
     p.add_argument("--device", default="cpu")
