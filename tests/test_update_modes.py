@@ -200,6 +200,45 @@ def test_fullgraph_guard_skips_a_nan_critic_step() -> None:
         _ = updater.skipped
 
 
+@pytest.mark.usefixtures("force_eager")
+def test_fullgraph_resumes_from_a_checkpoint_like_an_uninterrupted_run() -> None:
+    _check_fullgraph_resume()
+
+
+@pytest.mark.slow  # compiles the steps of three updaters
+@pytest.mark.usefixtures("inductor_eager_random")
+def test_compiled_fullgraph_resumes_from_a_checkpoint_like_an_uninterrupted_run() -> None:
+    # compiled, the steps read Adam's state tensors through the optimizer: a load replaces them, and the next step
+    # must use the loaded ones
+    torch.compiler.reset()
+    _check_fullgraph_resume()
+
+
+def _check_fullgraph_resume() -> None:
+    """Agent and updater state after two updates, loaded into a fresh agent and updater: the third update lands on
+    the same weights and Adam state as without the interruption."""
+    def fresh() -> SACUpdater:
+        agent = tiny_agent({"kind": "gaussian"}, update_mode="compile_fullgraph", policy_delay=1, seed=3)
+        return SACUpdater(agent, make_optimizers(agent))
+
+    straight, interrupted = fresh(), fresh()
+    for i in range(2):
+        for updater in (straight, interrupted):
+            torch.manual_seed(i)
+            updater.update(random_batch(16, seed=i))
+    resumed = fresh()
+    resumed.agent.load_state_dict(interrupted.agent.state_dict())
+    resumed.load_state_dict(interrupted.state_dict())
+    for updater in (straight, resumed):
+        torch.manual_seed(7)
+        updater.update(random_batch(16, seed=7))
+    for k, v in straight.agent.state_dict().items():
+        assert torch.equal(resumed.agent.state_dict()[k], v), k
+    for a, b in zip(straight.opt.critic.state.values(), resumed.opt.critic.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.updates == 3
+
+
 def test_fullgraph_refuses_batch_renorm() -> None:
     with pytest.raises(ConfigError, match="'sac.update_mode' = 'compile_fullgraph' does not run batch renorm"):
         load_config("smoke", ["sac.update_mode=compile_fullgraph", "critic.kind=crossq"])
