@@ -256,6 +256,23 @@ def test_fullgraph_compiled_updates_match_eager(kind: str) -> None:
     _assert_same_updates(_updates("eager", kind), _updates("compile_fullgraph", kind), atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("inductor_eager_random")
+@pytest.mark.parametrize("kind", ["gaussian", "flow_t"])
+def test_fullgraph_compiled_bf16_updates_follow_eager_bf16(kind: str) -> None:
+    """bf16 in the critic (the default scope): compiled and eager round in different places, so the first update's
+    losses agree to bf16's precision and three Adam steps later no weight has moved apart by more than a step."""
+    if not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no AVX-512 BF16 / AMX")
+    bf16 = {"precision": "bf16-mixed", "precision_scope": "critic"}
+    (eager, eager_infos), (graph, graph_infos) = _updates("eager", kind, **bf16), _updates("compile_fullgraph", kind,
+                                                                                            **bf16)
+    for k in ("critic_loss", "actor_loss"):
+        torch.testing.assert_close(graph_infos[0][k], eager_infos[0][k], atol=1e-3, rtol=2e-2, msg=k)
+    for k, v in eager.agent.state_dict().items():
+        torch.testing.assert_close(graph.agent.state_dict()[k], v, atol=3e-4, rtol=1e-2, msg=k)
+
+
 def test_cuda_graphs_need_a_cuda_agent() -> None:
     agent = tiny_agent(update_mode="cuda_graphs")
     with pytest.raises(ValueError, match="sac.update_mode"):
