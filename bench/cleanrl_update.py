@@ -23,6 +23,8 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -126,11 +128,17 @@ def ours(variant: str, obs_dim: int, act_dim: int) -> SACUpdater:
     return SACUpdater(agent, make_optimizers(agent))
 
 
-def seconds(update, batch: Batch, env_steps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(env_steps):
-        update(batch)
-    return time.perf_counter() - t0
+def alternated_rounds(fns: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``, one figure per round: every round times ``calls`` calls of each in
+    turn, so that a slow spell of the machine falls on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
 
 
 def main() -> None:
@@ -160,15 +168,13 @@ def main() -> None:
         print(f"{v}: warm-up (compile) {time.perf_counter() - t0:.1f} s", flush=True)
         runners[v] = updater.update
     runners["cleanrl"](batch)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, update in runners.items():
-            times[name].append(seconds(update, batch, args.env_steps))
+    times = alternated_rounds({name: partial(update, batch) for name, update in runners.items()}, args.rounds,
+                              args.env_steps)
     base = statistics.median(times["cleanrl"])
     print(f"{'update':>14} {'env steps/s':>11} {'spread':>13} {'vs cleanrl':>10}")
     for name, ts in times.items():
-        rate = args.env_steps / statistics.median(ts)
-        lo, hi = args.env_steps / max(ts), args.env_steps / min(ts)
+        rate = 1 / statistics.median(ts)
+        lo, hi = 1 / max(ts), 1 / min(ts)
         print(f"{name:>14} {rate:>11.1f} {f'{lo:.1f}-{hi:.1f}':>13} {base / statistics.median(ts):>10.2f}")
 
 

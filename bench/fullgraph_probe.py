@@ -25,7 +25,7 @@ from torch.func import functional_call, grad_and_value
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cleanrl_update import ours, random_batch  # noqa: E402
+from cleanrl_update import alternated_rounds, ours, random_batch  # noqa: E402
 from pipeline.precision import autocast  # noqa: E402
 from pipeline.runtime import cpu_description, keep_freed_memory  # noqa: E402
 from pipeline.sac import Batch, SACAgent  # noqa: E402
@@ -121,16 +121,10 @@ def main() -> None:
     for fn in steps.values():
         for _ in range(5):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.rounds):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            times[name].append((time.perf_counter() - t0) / args.steps * 1000)
+    times = alternated_rounds(steps, args.rounds, args.steps)
     base = statistics.median(times["updater critic step, fp32"])
     for name, ts in times.items():
-        print(f"{name:>44} {statistics.median(ts):6.2f} ms  {base / statistics.median(ts):5.2f}x")
+        print(f"{name:>44} {statistics.median(ts) * 1000:6.2f} ms  {base / statistics.median(ts):5.2f}x")
 
 
 if __name__ == "__main__":

@@ -204,10 +204,19 @@ class SACUpdater:
         with self._autocast():
             loss_q, info = critic_loss(self.agent, batch)
         info["critic_grad_norm"], _ = self._step(loss_q, self.opt.critic, self.critic_params, "critic")
+        self._polyak()
+        return info
+
+    def _polyak(self) -> None:
+        """The target critics' Polyak average towards the critics (none for CrossQ)."""
         if self.target_params:
             with torch.no_grad():
                 torch._foreach_lerp_(self.target_params, self.critic_params, self.agent.cfg.tau)
-        return info
+
+    def _steps_alpha(self, info: dict[str, torch.Tensor], q_weight: float) -> bool:
+        """Whether an alpha step follows the actor step: alpha learns, and the actor's loss (with its Q term on)
+        sampled the log-probabilities alpha's loss reads."""
+        return self.opt.alpha is not None and "log_prob" in info and q_weight > 0
 
     def _actor_step(self, batch: Batch, bc_weight: float, q_weight: float,
                     flow_weight: float) -> dict[str, torch.Tensor]:
@@ -215,7 +224,7 @@ class SACUpdater:
         with self._autocast():
             loss_pi, info = actor_loss(agent, batch, bc_weight, q_weight, flow_weight)
         info["actor_grad_norm"], ok = self._step(loss_pi, self.opt.actor, self.actor_params, "actor")
-        if ok is not False and self.opt.alpha is not None and "log_prob" in info and q_weight > 0:
+        if ok is not False and self._steps_alpha(info, q_weight):
             # alpha's loss reuses the actor sample's (detached) log-probabilities: no second rollout
             self.opt.alpha.zero_grad(set_to_none=self.mode != "cuda_graphs")
             self.backward(alpha_loss(agent, info["log_prob"]))
@@ -343,9 +352,7 @@ class _FullGraphSteps:
         with updater._autocast():
             grads, loss_q, info = self._grads("critic", critic_loss, batch)
         info["critic_grad_norm"], _ = self._apply("critic", updater.opt.critic, grads, loss_q)
-        if updater.target_params:
-            with torch.no_grad():
-                torch._foreach_lerp_(updater.target_params, updater.critic_params, self.agent.cfg.tau)
+        updater._polyak()
         return info
 
     def actor_step(self, batch: Batch, bc_weight: float, q_weight: float,
@@ -354,7 +361,7 @@ class _FullGraphSteps:
         with updater._autocast():
             grads, loss_pi, info = self._grads("actor", actor_loss, batch, bc_weight, q_weight, flow_weight)
         info["actor_grad_norm"], ok = self._apply("actor", updater.opt.actor, grads, loss_pi)
-        if updater.opt.alpha is not None and "log_prob" in info and q_weight > 0:
+        if updater._steps_alpha(info, q_weight):
             # alpha's loss reuses the actor sample's (detached) log-probabilities; a skipped actor step skips it
             grads, _, _ = self._grads("alpha", _with_info(alpha_loss), info["log_prob"])
             self._adam("alpha", updater.opt.alpha, grads, ok)  # unclipped, as in the other modes
