@@ -5,7 +5,7 @@
                                       [--device cpu|cuda] [--set KEY=VALUE ...]
                                       [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--malloc keep|glibc]
 
-The default preset's agent (Flow-T, K = 4, batch 128; ``--preset`` for another's, batch included) in
+The default preset's agent (Flow-T, K = 4, batch 128; ``--preset`` for another's) in
 ``pipeline.online.OnlineRunner``, the loop fine-tuning runs under Lightning, driven by a bare loop here: act, step
 every copy, store, ``--utd`` updates per env step. Each variant first fills its buffer (one batch, untimed), then
 runs ``--steps`` env steps; repeats are interleaved, the best kept, all in one process. The baseline is one env in
@@ -50,7 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="robosuite/Lift")
     p.add_argument("--kind", default="flow_t")
-    p.add_argument("--preset", default="default", help="the agent and SAC settings (batch 128 for 'default')")
+    p.add_argument("--preset", default="default", help="the agent and SAC settings, batch included")
     p.add_argument("--steps", type=int, default=600, help="timed env steps per variant and repeat")
     p.add_argument("--utd", type=int, default=1, help="updates per env step (0: collection only)")
     p.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4])
@@ -70,7 +70,6 @@ def main() -> None:
         v.split("=", 1)[0]: [o for o in v.split("=", 1)[1].split(",") if o] for v in args.variant}
     common = [f"policy.kind={args.kind}", f"finetune.env_id={args.env}", "finetune.from_pretrained=false",
               "finetune.random_steps=0", f"sac.utd={max(args.utd, 1)}",
-              *(["sac.batch_size=128"] if args.preset == "default" else []),
               "finetune.log_every=100000000", "finetune.checkpoint_every=100000000", *args.set]
     # env steps before updates start: one batch in the buffer
     warmup = load_config(args.preset, common).sac.batch_size
