@@ -7,16 +7,28 @@
   the agent trains.
 - :class:`PerStepActorBatchRenorm`: one :class:`ActorBatchRenorm` per step of a flow rollout, for the layer that
   reads the action ``a_i``.
+- :class:`DeferredStatistics`: the running statistics a forward pass moves, kept as values and written after it
+  (a forward pass inside ``torch.func.grad`` may not write its buffers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+Statistics = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # running mean, running variance, training calls
+
+
+class _Moved:
+    """A layer's running statistics while :class:`DeferredStatistics` records: the values its forward passes moved
+    them to (``None`` until the first), not yet written to its buffers."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.values: Statistics | None = None
 
 
 class BatchRenorm(nn.Module):
@@ -36,11 +48,20 @@ class BatchRenorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(n, 1, features))
         self.register_buffer("running_var", torch.ones(n, 1, features))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.moved = _Moved()
+
+    def statistics(self) -> Statistics:
+        """``(running_mean, running_var, steps)`` as the next forward pass reads them: the buffers, or the values
+        that forward passes recorded by :class:`DeferredStatistics` moved them to."""
+        if self.moved.recording and self.moved.values is not None:
+            return self.moved.values
+        return self.running_mean, self.running_var, self.steps
 
     def running_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer with running statistics as ``y = x * scale + shift``: ``(scale, shift)``, each ``[n, 1, h]``."""
-        scale = self.weight / (self.running_var + self.eps).sqrt()
-        return scale, self.bias - self.running_mean * scale
+        running_mean, running_var, _ = self.statistics()
+        scale = self.weight / (running_var + self.eps).sqrt()
+        return scale, self.bias - running_mean * scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # statistics in fp32 under bf16 autocast too: a batch mean and variance rounded to 8 mantissa bits would
@@ -50,21 +71,26 @@ class BatchRenorm(nn.Module):
             scale, shift = self.running_affine()
             return torch.addcmul(shift, x, scale)
         with torch.no_grad():
+            running_mean, running_var, steps = self.statistics()
             mean = x.mean(dim=1, keepdim=True)
             # two passes, not Tensor.var: on the CPU its kernel for this middle-dim reduction is ~9x slower
             # (bench/README.md)
             var = (x - mean).square_().mean(dim=1, keepdim=True)
             std = (var + self.eps).sqrt()
-            running_std = (self.running_var + self.eps).sqrt()
+            running_std = (running_var + self.eps).sqrt()
             # warm-up gate as a tensor, so the forward pass has no host sync
-            renorm = (self.steps >= self.warmup).to(x.dtype)
+            renorm = (steps >= self.warmup).to(x.dtype)
             r = (std / running_std).clamp_(1 / self.r_max, self.r_max)
-            d = ((mean - self.running_mean) / running_std).clamp_(-self.d_max, self.d_max)
+            d = ((mean - running_mean) / running_std).clamp_(-self.d_max, self.d_max)
             r = renorm * r + (1 - renorm)
             d = renorm * d
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var, self.momentum)
-            self.steps += 1
+            if self.moved.recording:
+                self.moved.values = (running_mean.lerp(mean, self.momentum), running_var.lerp(var, self.momentum),
+                                     steps + 1)
+            else:
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var, self.momentum)
+                self.steps += 1
         return _BatchRenormFunction.apply(x, self.weight, self.bias, mean, std.reciprocal(), r, d)
 
 
@@ -82,11 +108,17 @@ class _BatchRenormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
                 inv_std: torch.Tensor, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         scale = weight * r * inv_std  # y = x * scale + shift
-        ctx.save_for_backward(x, scale, mean, inv_std, r, d)
         return torch.addcmul(bias + weight * d - mean * scale, x, scale)
+
+    @staticmethod
+    def setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor, ...],
+                      output: torch.Tensor) -> None:
+        # forward and setup_context apart: torch.func's transforms (compile_fullgraph's gradients) need them so
+        x, weight, _, mean, inv_std, r, d = inputs
+        ctx.save_for_backward(x, weight * r * inv_std, mean, inv_std, r, d)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -168,3 +200,39 @@ def batch_statistics(module: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.training = False
+
+
+class DeferredStatistics:
+    """The :class:`BatchRenorm` layers of ``module``, whose running statistics forward passes inside
+    :meth:`recording` move as values (later calls read them) instead of writing the buffers; :meth:`write` writes
+    them afterwards. The same numbers as writing in place, for a forward pass that ``torch.func.grad`` transforms
+    and so may not mutate tensors it did not receive as inputs.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.layers = [m for m in module.modules() if isinstance(m, BatchRenorm)]
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        for layer in self.layers:
+            layer.moved.recording, layer.moved.values = True, None
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer.moved.recording = False
+
+    def moved(self) -> dict[int, Statistics]:
+        """The statistics the recorded forward passes moved, by layer index (layers not called are left out: a
+        transform's outputs must be tensors)."""
+        return {i: layer.moved.values for i, layer in enumerate(self.layers) if layer.moved.values is not None}
+
+    def write(self, moved: Mapping[int, Statistics]) -> None:
+        """Write :meth:`moved`'s values (returned out of the transform) to the layers' buffers."""
+        with torch.no_grad():
+            for i, values in moved.items():
+                layer = self.layers[i]
+                for buffer, value in zip((layer.running_mean, layer.running_var, layer.steps), values):
+                    buffer.copy_(value)
+        for layer in self.layers:
+            layer.moved.values = None

@@ -168,7 +168,7 @@ class SACConfig:
     # gamma^i inside it, and the critic bootstraps with gamma^H (the public offline-to-online code's option)
     chunk: int = 1
     # auto | eager | compile (torch.compile of the critic and actor steps) | compile_fullgraph (each step one
-    # compiled graph: torch.func gradients, Adam written out; not with batch renorm) | cuda_graphs (each step
+    # compiled graph: torch.func gradients, Adam written out) | cuda_graphs (each step
     # replayed as one CUDA graph; CUDA only). The last three decide on skipping a non-finite step on the device,
     # without host syncs.
     # auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md), eager elsewhere,
@@ -372,12 +372,6 @@ def validate(cfg: Config) -> None:
             f"all-reduces gradients across the {cfg.trainer.devices * cfg.trainer.num_nodes} DDP process(es) of "
             f"'trainer.devices' x 'trainer.num_nodes' (trainer.strategy = {cfg.trainer.strategy!r}): use 'eager' "
             "(or 'auto') with data-parallel training"
-        )
-    if cfg.sac.update_mode == "compile_fullgraph" and (cfg.critic.kind == "crossq" or cfg.policy.batch_renorm != "none"):
-        raise ConfigError(
-            f"config key 'sac.update_mode' = 'compile_fullgraph' does not run batch renorm (critic.kind = "
-            f"{cfg.critic.kind!r}, policy.batch_renorm = {cfg.policy.batch_renorm!r}): use 'compile' or 'eager', or "
-            "critic.kind=ensemble and policy.batch_renorm=none"
         )
     if cfg.sac.update_mode == "cuda_graphs" and cfg.trainer.precision != "32-true":
         raise ConfigError(

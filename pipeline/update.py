@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value
 
-from pipeline.batch_renorm import BatchRenorm
+from pipeline.batch_renorm import DeferredStatistics
 from pipeline.precision import autocast
 from pipeline.sac import Batch, SACAgent, actor_loss, alpha_loss, critic_loss
 
@@ -299,12 +299,9 @@ class _FullGraphSteps:
 
     def __init__(self, updater: SACUpdater) -> None:
         agent = updater.agent
-        if any(isinstance(m, BatchRenorm) for m in agent.modules()):
-            # its autograd function has no setup_context (torch.func needs one) and its running statistics are
-            # written inside the forward pass
-            raise ValueError("sac.update_mode = 'compile_fullgraph' does not run batch renorm (critic.kind = crossq "
-                             "or policy.batch_renorm): use 'compile' or 'eager'")
         self.updater, self.agent = updater, agent
+        # batch renorm's running statistics leave the gradient transform as values and are written after it
+        self.statistics = DeferredStatistics(agent)
         self.losses = _Losses(agent)
         named = dict(self.losses.named_parameters())
         self.names = {what: [n for n, p in named.items() if any(p is q for q in params)]
@@ -320,10 +317,13 @@ class _FullGraphSteps:
         names = self.names[what]
         values = [self.losses.get_parameter(n).detach() for n in names]
 
-        def loss(weights: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return functional_call(self.losses, dict(zip(names, weights)), (fn, *args))
+        def loss(weights: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], dict]]:
+            with self.statistics.recording():
+                value, info = functional_call(self.losses, dict(zip(names, weights)), (fn, *args))
+                return value, (info, self.statistics.moved())
 
-        grads, (value, info) = grad_and_value(loss, has_aux=True)(values)
+        grads, (value, (info, moved)) = grad_and_value(loss, has_aux=True)(values)
+        self.statistics.write(moved)
         return grads, value, info
 
     def _apply(self, what: str, opt: torch.optim.Optimizer, grads: list[torch.Tensor],

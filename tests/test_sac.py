@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.batch_renorm import ActorBatchRenorm, batch_statistics
+from pipeline.batch_renorm import ActorBatchRenorm, BatchRenorm, DeferredStatistics, batch_statistics
 from pipeline.buffers import ReplayBuffer
 from pipeline.config import SACConfig
 from pipeline.critics import QEnsemble
@@ -430,6 +430,38 @@ def test_actor_batch_renorm_moves_only_in_the_actor_loss(kind: str, mode: str) -
     fresh = tiny_agent({"kind": kind, "batch_renorm": mode}, {"kind": "crossq"}, seed=3)
     fresh.load_state_dict(agent.state_dict())  # the layers' statistics travel with checkpoints
     torch.testing.assert_close(fresh.act(batch.obs, deterministic=True), agent.act(batch.obs, deterministic=True))
+
+
+@pytest.mark.parametrize(("kind", "layout"), [("flow_t", "crossq"), ("flow_t", "crossq_per_step"), ("flow_g", "crossq"),
+                                            ("gaussian", "crossq")])
+def test_deferred_statistics_give_what_writing_in_place_gives(kind: str, layout: str) -> None:
+    """``compile_fullgraph``'s gradient transform records the running statistics a loss moves and writes them after
+    it: the same losses and statistics as the in-place writes, bit for bit, also where a layer shared by the rollout's
+    steps reads at step i+1 what step i moved (warm-up 0: the running statistics enter the batch-statistics pass)."""
+    agents = [tiny_agent({"kind": kind, "batch_renorm": layout}, {"kind": "crossq"}) for _ in range(2)]
+    for agent in agents:
+        for m in agent.modules():
+            if isinstance(m, BatchRenorm):
+                m.warmup = 0
+
+    def losses(agent: SACAgent) -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        batch = random_batch(16, obs=torch.randn(16, OBS_DIM) * 5 + 3, seed=1)
+        return [critic_loss(agent, batch)[0], actor_loss(agent, batch)[0], critic_loss(agent, batch)[0]]
+
+    in_place, deferred = agents
+    start = [b.clone() for b in deferred.buffers()]
+    expected = losses(in_place)
+    statistics = DeferredStatistics(deferred)
+    with statistics.recording():
+        got = losses(deferred)
+        moved = statistics.moved()
+    assert all(torch.equal(a, b) for a, b in zip(start, deferred.buffers()))  # nothing written while recording
+    assert len(moved) == len(statistics.layers)  # every layer of the critic and the actor moved
+    statistics.write(moved)
+    assert [x.item() for x in got] == [x.item() for x in expected]
+    for (name, a), b in zip(in_place.named_buffers(), deferred.buffers(), strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("kind", ["flow_mlp", "flow_g", "flow_t"])
