@@ -1,10 +1,11 @@
 """Updates/s of ``trainer.precision_scope``: fp32, then bf16-mixed in the whole agent, the critic only and the actor
-only, alternated rounds in one process (medians), each update mode given.
+only, in each update mode given, all alternated round by round in one process (medians).
 
     python bench/bf16_scope.py [--preset hopper_scratch_flow_t_paper] [--kind flow_t] [--threads 1]
-                               [--modes eager compile] [--rounds 6] [--updates 6]
+                               [--modes eager compile compile_fullgraph] [--scopes critic] [--rounds 6] [--updates 6]
 
-Ratios are against fp32 in the same update mode. docs/results.md has what each scope learns on Hopper-v5.
+Ratios are against fp32 in the same update mode and against fp32 in the first mode given. docs/results.md has what
+each scope learns on Hopper-v5.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main() -> None:
     p.add_argument("--kind", default="flow_t")
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"])
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile", "compile_fullgraph"])
     p.add_argument("--scopes", nargs="+", default=list(PRECISION_SCOPES), choices=PRECISION_SCOPES)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--updates", type=int, default=6, help="timed updates per round")
@@ -43,20 +44,22 @@ def main() -> None:
           f"batch {args.batch}, {args.threads} thread(s)")
     device = torch.device("cpu")
     batch = random_batch(args.batch, device)
-    variants = {("32-true", "agent"): []} | {("bf16-mixed", s): [] for s in args.scopes}
-    for mode in args.modes:
-        torch.compiler.reset()
-        updaters = {v: make_updater(args.kind, None, 256, device, mode, v[0], args.preset,
-                                    [f"trainer.precision_scope={v[1]}"]) for v in variants}
-        rates: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
-        for _ in range(args.rounds):
-            for v, updater in updaters.items():
-                rates[v].append(updates_per_second(updater, batch, args.updates))
-        base = statistics.median(rates[("32-true", "agent")])
-        for (precision, scope), r in rates.items():
-            name = "fp32" if precision == "32-true" else f"bf16 in the {scope}"
-            print(f"{mode:8s} {name:20s} {statistics.median(r):6.2f} upd/s  {statistics.median(r) / base:.2f}x",
-                  flush=True)
+    variants = [(mode, "32-true", "agent") for mode in args.modes]
+    variants += [(mode, "bf16-mixed", scope) for mode in args.modes for scope in args.scopes]
+    updaters = {v: make_updater(args.kind, None, 256, device, v[0], v[1], args.preset,
+                                [f"trainer.precision_scope={v[2]}"]) for v in variants}
+    rates: dict[tuple[str, str, str], list[float]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v, updater in updaters.items():
+            rates[v].append(updates_per_second(updater, batch, args.updates))
+    median = {v: statistics.median(r) for v, r in rates.items()}
+    first = args.modes[0]
+    print(f"{'mode':18s} {'precision':20s} {'upd/s':>6}  vs fp32 same mode  vs fp32 {first}")
+    for mode, precision, scope in variants:
+        name = "fp32" if precision == "32-true" else f"bf16 in the {scope}"
+        rate = median[mode, precision, scope]
+        print(f"{mode:18s} {name:20s} {rate:6.2f}  {rate / median[mode, '32-true', 'agent']:16.2f}x "
+              f"{rate / median[first, '32-true', 'agent']:10.2f}x", flush=True)
 
 
 if __name__ == "__main__":

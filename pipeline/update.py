@@ -294,7 +294,9 @@ class _FullGraphSteps:
     (bench/README.md).
 
     The non-finite guard is the device guard of the other device modes: a bad step's gradients count as zero (Adam's
-    moments still decay once) and its weights are restored.
+    moments still decay once) and its weights are restored. Batch renorm's running statistics, which a loss moves and
+    a transformed function may not write, leave ``grad_and_value`` as values (:class:`DeferredStatistics`) and are
+    written after it: the numbers of writing them in place.
     """
 
     def __init__(self, updater: SACUpdater) -> None:

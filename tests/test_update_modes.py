@@ -218,8 +218,9 @@ def test_fullgraph_guard_skips_a_nan_critic_step() -> None:
 
 
 @pytest.mark.usefixtures("force_eager")
-def test_fullgraph_resumes_from_a_checkpoint_like_an_uninterrupted_run() -> None:
-    _check_fullgraph_resume()
+@pytest.mark.parametrize("crossq", [False, True])
+def test_fullgraph_resumes_from_a_checkpoint_like_an_uninterrupted_run(crossq: bool) -> None:
+    _check_fullgraph_resume(crossq)
 
 
 @pytest.mark.slow  # compiles the steps of three updaters
@@ -231,11 +232,14 @@ def test_compiled_fullgraph_resumes_from_a_checkpoint_like_an_uninterrupted_run(
     _check_fullgraph_resume()
 
 
-def _check_fullgraph_resume() -> None:
+def _check_fullgraph_resume(crossq: bool = False) -> None:
     """Agent and updater state after two updates, loaded into a fresh agent and updater: the third update lands on
-    the same weights and Adam state as without the interruption."""
+    the same weights, batch-renorm statistics (``crossq``: CrossQ critic and actor layers) and Adam state as without
+    the interruption."""
     def fresh() -> SACUpdater:
-        agent = tiny_agent({"kind": "gaussian"}, update_mode="compile_fullgraph", policy_delay=1, seed=3)
+        policy = {"kind": "flow_t", "batch_renorm": "crossq"} if crossq else {"kind": "gaussian"}
+        agent = tiny_agent(policy, {"kind": "crossq"} if crossq else {}, update_mode="compile_fullgraph",
+                           policy_delay=1, seed=3)
         return SACUpdater(agent, make_optimizers(agent))
 
     straight, interrupted = fresh(), fresh()
