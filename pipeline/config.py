@@ -168,9 +168,8 @@ class SACConfig:
     # gamma^i inside it, and the critic bootstraps with gamma^H (the public offline-to-online code's option)
     chunk: int = 1
     # auto | eager | compile (torch.compile of the critic and actor steps) | compile_fullgraph (each step one
-    # compiled graph: torch.func gradients, Adam written out) | cuda_graphs (each step
-    # replayed as one CUDA graph; CUDA only). The last three decide on skipping a non-finite step on the device,
-    # without host syncs.
+    # compiled graph: torch.func gradients, Adam written out) | cuda_graphs (each step replayed as one CUDA graph;
+    # CUDA only). The last three decide on skipping a non-finite step on the device, without host syncs.
     # auto: cuda_graphs where the agent is on a CUDA device (same weights, faster: bench/README.md), eager elsewhere,
     # in data-parallel runs and under trainer.precision = bf16-mixed
     update_mode: Literal["auto", "eager", "compile", "compile_fullgraph", "cuda_graphs"] = "auto"
