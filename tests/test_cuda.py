@@ -117,6 +117,19 @@ def test_cuda_graph_crossq_updates_with_a_policy_delay_match_eager() -> None:
     assert int(graphed[0].agent.actor.obs_norm.steps) == 3
 
 
+def test_fullgraph_crossq_updates_on_cuda_match_eager() -> None:
+    # sac.update_mode = compile_fullgraph on the device (inductor's kernels for it), the from-scratch backbone with
+    # batch renorm's deferred statistics; inductor draws eager's random numbers, as in tests/test_update_modes.py
+    import torch._inductor.config
+
+    torch.compiler.reset()
+    eager = crossq_updates("eager", 4, 64, CUDA)
+    with torch._inductor.config.patch(fallback_random=True):
+        graph = crossq_updates("compile_fullgraph", 4, 64, CUDA)
+    assert_same_losses_and_statistics(eager, graph, ("critic_loss", "q_mean", "log_prob", "alpha"), rtol=1e-3)
+    assert int(graph[0].agent.critic.net[0].steps) == 4 and int(graph[0].agent.actor.obs_norm.steps) == 2
+
+
 @pytest.mark.skipif(CUDA.type != "cuda", reason="CUDA graphs need a GPU")
 def test_auto_update_mode_replays_cuda_graphs_for_an_agent_on_cuda() -> None:
     agent = tiny_agent().to(CUDA)
