@@ -11,17 +11,13 @@ each scope learns on Hopper-v5.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from pipeline.precision import PRECISION_SCOPES  # noqa: E402
-from pipeline.runtime import cpu_description, keep_freed_memory  # noqa: E402
-from update_throughput import make_updater, random_batch, updates_per_second  # noqa: E402
+from update_throughput import make_updater, median_rates, start_side_by_side  # noqa: E402
 
 
 def main() -> None:
@@ -35,24 +31,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--updates", type=int, default=6, help="timed updates per round")
     args = p.parse_args()
-    keep_freed_memory()
-    torch.set_num_threads(args.threads)
-    # the variants' updaters live side by side, each with its own optimizers: past dynamo's default of 8 compiled
-    # versions of the optimizer step, the later variants would fall back to eager steps
-    torch._dynamo.config.recompile_limit = 64
-    print(f"cpu: {cpu_description()}; torch {torch.__version__}; preset {args.preset}, kind {args.kind}, "
-          f"batch {args.batch}, {args.threads} thread(s)")
-    device = torch.device("cpu")
-    batch = random_batch(args.batch, device)
+    batch = start_side_by_side(args)
     variants = [(mode, "32-true", "agent") for mode in args.modes]
     variants += [(mode, "bf16-mixed", scope) for mode in args.modes for scope in args.scopes]
-    updaters = {v: make_updater(args.kind, None, 256, device, v[0], v[1], args.preset,
+    updaters = {v: make_updater(args.kind, None, 256, batch.obs.device, v[0], v[1], args.preset,
                                 [f"trainer.precision_scope={v[2]}"]) for v in variants}
-    rates: dict[tuple[str, str, str], list[float]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for v, updater in updaters.items():
-            rates[v].append(updates_per_second(updater, batch, args.updates))
-    median = {v: statistics.median(r) for v, r in rates.items()}
+    median = median_rates(updaters, batch, args.rounds, args.updates)
     first = args.modes[0]
     print(f"{'mode':18s} {'precision':20s} {'upd/s':>6}  vs fp32 same mode  vs fp32 {first}")
     for mode, precision, scope in variants:

@@ -1,6 +1,6 @@
 """How close an update runs to this CPU's matrix-multiply ceiling: the matmul FLOPs of one SAC update (averaged over
 a policy-delay cycle, counted by ``torch.utils.flop_counter``), this core's GEMM rate at the critic's width (fp32
-and bf16 autocast), the updates/s a update would reach if every FLOP ran at that rate, and the measured updates/s
+and bf16 autocast), the updates/s an update would reach if every FLOP ran at that rate, and the measured updates/s
 of each update mode as a fraction of it.
 
     python bench/update_roofline.py [--preset hopper_scratch_flow_t_paper] [--kind flow_t] [--batch 512]
@@ -13,7 +13,6 @@ what the update computes) or a faster number format.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.precision import PRECISIONS  # noqa: E402
-from pipeline.runtime import cpu_description, keep_freed_memory  # noqa: E402
-from update_throughput import make_updater, random_batch, updates_per_second  # noqa: E402
+from update_throughput import make_updater, median_rates, start_side_by_side  # noqa: E402
 
 
 def gemm_rate(width: int, bf16: bool, repeats: int = 20) -> float:
@@ -53,13 +51,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--updates", type=int, default=6, help="timed updates per round")
     args = p.parse_args()
-    keep_freed_memory()
-    torch.set_num_threads(args.threads)
-    torch._dynamo.config.recompile_limit = 64
-    print(f"cpu: {cpu_description()}; torch {torch.__version__}; preset {args.preset}, kind {args.kind}, "
-          f"batch {args.batch}, {args.threads} thread(s), {args.precision}")
-    device = torch.device("cpu")
-    batch = random_batch(args.batch, device)
+    batch = start_side_by_side(args, f", {args.precision}")
+    device = batch.obs.device
     updaters = {m: make_updater(args.kind, None, 256, device, m, args.precision, args.preset, []) for m in args.modes}
     counted = make_updater(args.kind, None, 256, device, "eager", args.precision, args.preset, [])
     delay = counted.agent.cfg.policy_delay
@@ -74,12 +67,7 @@ def main() -> None:
     ceiling = rates["fp32" if args.precision == "32-true" else "bf16"] / per_update
     # under bf16-mixed the ceiling is optimistic: the default scope keeps the actor's (smaller) share in fp32
     print(f"ceiling at {args.precision} (every FLOP at the GEMM rate): {ceiling:.2f} upd/s")
-    measured: dict[str, list[float]] = {m: [] for m in args.modes}
-    for _ in range(args.rounds):
-        for m, updater in updaters.items():
-            measured[m].append(updates_per_second(updater, batch, args.updates))
-    for m, r in measured.items():
-        rate = statistics.median(r)
+    for m, rate in median_rates(updaters, batch, args.rounds, args.updates).items():
         print(f"{m:18s} {rate:6.2f} upd/s  {rate / ceiling:5.0%} of the ceiling", flush=True)
 
 

@@ -19,7 +19,9 @@ network sizes and SAC settings from a preset (``--hidden``, and ``--steps`` unle
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from typing import TypeVar
 
 import torch
 
@@ -31,6 +33,7 @@ from pipeline.update import SACUpdater, make_optimizers
 
 KINDS = ("gaussian", "flow_mlp", "flow_g", "flow_t")
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah / Walker2d sizes
+K = TypeVar("K")
 
 
 def make_updater(kind: str, steps: int | None, hidden: int, device: torch.device, mode: str, precision: str,
@@ -63,6 +66,30 @@ def updates_per_second(updater: SACUpdater, batch: Batch, repeats: int) -> float
         update(batch)
     sync()
     return repeats / (time.perf_counter() - t0)
+
+
+def start_side_by_side(args: argparse.Namespace, what: str = "") -> Batch:
+    """Set-up of a bench that times several updaters of ``args.preset`` side by side on the CPU: malloc keeps freed
+    memory (as the stages set it), ``args.threads`` threads, and room for every updater's compiled steps. Prints the
+    CPU line (``what`` appended) and returns a random batch of ``args.batch``."""
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    # the updaters live side by side, each with its own optimizers: past dynamo's default of 8 compiled versions
+    # of the optimizer step, the later ones would fall back to eager steps
+    torch._dynamo.config.recompile_limit = 64
+    print(f"cpu: {cpu_description()}; torch {torch.__version__}; preset {args.preset}, kind {args.kind}, "
+          f"batch {args.batch}, {args.threads} thread(s){what}")
+    return random_batch(args.batch, torch.device("cpu"))
+
+
+def median_rates(updaters: dict[K, SACUpdater], batch: Batch, rounds: int, updates: int) -> dict[K, float]:
+    """Median updates/s of each updater over ``rounds`` rounds, each timing ``updates`` updates of every updater in
+    turn (after :func:`updates_per_second`'s warm-up), so that a slow spell of the machine falls on all of them."""
+    rates: dict[K, list[float]] = {k: [] for k in updaters}
+    for _ in range(rounds):
+        for k, updater in updaters.items():
+            rates[k].append(updates_per_second(updater, batch, updates))
+    return {k: statistics.median(r) for k, r in rates.items()}
 
 
 def main() -> None:
