@@ -284,6 +284,45 @@ def test_fullgraph_compiled_bf16_updates_follow_eager_bf16(kind: str) -> None:
         torch.testing.assert_close(graph.agent.state_dict()[k], v, atol=3e-4, rtol=1e-2, msg=k)
 
 
+def _replayed_losses(replays: int, fallback_random: bool) -> dict[str, list[float]]:
+    """One compiled one-graph update of a tiny CrossQ Flow-T agent replayed ``replays`` times from the same weights,
+    statistics, optimizer state and batch: only the rollouts' noise differs between replays."""
+    import copy
+
+    import torch._inductor.config
+
+    torch.compiler.reset()
+    with torch._inductor.config.patch(fallback_random=fallback_random):
+        agent = tiny_agent({"kind": "flow_t", "batch_renorm": "crossq"}, {"kind": "crossq"},
+                           update_mode="compile_fullgraph", policy_delay=1, seed=0)
+        updater = SACUpdater(agent, make_optimizers(agent))
+        for seed in range(2):
+            updater.update(random_batch(64, seed=10 + seed))
+        start, batch = copy.deepcopy((agent.state_dict(), updater.state_dict())), random_batch(64, seed=3)
+        losses: dict[str, list[float]] = {"log_prob": [], "critic_loss": [], "actor_loss": []}
+        for _ in range(replays):
+            agent.load_state_dict(start[0])
+            updater.load_state_dict(start[1])
+            info = updater.update(batch)
+            for k, values in losses.items():
+                values.append(float(info[k]))
+    return losses
+
+
+@pytest.mark.slow  # compiles the one-graph steps twice: ~2 min on two CPU cores
+def test_compiled_fullgraph_draws_fresh_noise_distributed_as_eager() -> None:
+    """Compiled, the rollouts' noise comes from inductor's own generator, not torch's: each call must draw anew, and
+    the losses it gives must be distributed as with torch's draws (the eager mode's numbers)."""
+    replays = 300
+    inductor, torchs = _replayed_losses(replays, False), _replayed_losses(replays, True)
+    assert len(set(inductor["log_prob"])) == replays  # a fresh draw on every call
+    for k in inductor:
+        a, b = torch.tensor(inductor[k], dtype=torch.float64), torch.tensor(torchs[k], dtype=torch.float64)
+        se = (a.var() / replays + b.var() / replays).sqrt()
+        assert abs(a.mean() - b.mean()) < 4 * se, (k, a.mean(), b.mean(), se)
+        assert 0.8 < a.std() / b.std() < 1.25, (k, a.std(), b.std())
+
+
 def test_cuda_graphs_need_a_cuda_agent() -> None:
     agent = tiny_agent(update_mode="cuda_graphs")
     with pytest.raises(ValueError, match="sac.update_mode"):
