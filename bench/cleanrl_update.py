@@ -35,6 +35,7 @@ from pipeline.precision import check_precision
 from pipeline.runtime import cpu_description, keep_freed_memory
 from pipeline.sac import Batch, SACAgent
 from pipeline.update import SACUpdater, make_optimizers
+from update_throughput import random_batch
 
 PRESET = "hopper_scratch_gaussian_cleanrl"  # CleanRL's settings as ours
 VARIANTS = {
@@ -114,13 +115,6 @@ class CleanRLUpdate:
                 tp.data.copy_(self.tau * p.data + (1 - self.tau) * tp.data)
 
 
-def random_batch(batch: int, obs_dim: int, act_dim: int) -> Batch:
-    g = torch.Generator().manual_seed(0)
-    return Batch(torch.randn(batch, obs_dim, generator=g), torch.rand(batch, act_dim, generator=g) * 2 - 1,
-                 torch.randn(batch, generator=g), torch.randn(batch, obs_dim, generator=g), torch.zeros(batch),
-                 torch.ones(batch))
-
-
 def ours(variant: str, obs_dim: int, act_dim: int) -> SACUpdater:
     cfg = load_config(PRESET, VARIANTS[variant])
     check_precision(cfg.trainer.precision, torch.device("cpu"))
@@ -156,7 +150,7 @@ def main() -> None:
     malloc = "keep freed memory" if keep_freed_memory() else "glibc defaults"
     print(f"threads={args.threads} rounds={args.rounds} env_steps={args.env_steps} obs={args.obs} act={args.act}")
     print(f"cpu: {cpu_description()}; torch {torch.__version__}; malloc: {malloc}")
-    batch = random_batch(256, args.obs, args.act)
+    batch = random_batch(256, torch.device("cpu"), args.obs, args.act)
     torch.manual_seed(0)
     runners = {"cleanrl": CleanRLUpdate(args.obs, args.act).update}
     for v in args.variants:

@@ -47,11 +47,12 @@ def make_updater(kind: str, steps: int | None, hidden: int, device: torch.device
     return SACUpdater(agent, make_optimizers(agent), check_finite=not mode.endswith("_noguard"))
 
 
-def random_batch(batch: int, device: torch.device) -> Batch:
+def random_batch(batch: int, device: torch.device, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> Batch:
+    """A fixed random batch (seed 0): ``batch`` transitions, none terminal, on ``device``."""
     g = torch.Generator().manual_seed(0)
-    return Batch(torch.randn(batch, OBS_DIM, generator=g).to(device),
-                 (torch.rand(batch, ACT_DIM, generator=g) * 2 - 1).to(device),
-                 torch.randn(batch, generator=g).to(device), torch.randn(batch, OBS_DIM, generator=g).to(device),
+    return Batch(torch.randn(batch, obs_dim, generator=g).to(device),
+                 (torch.rand(batch, act_dim, generator=g) * 2 - 1).to(device),
+                 torch.randn(batch, generator=g).to(device), torch.randn(batch, obs_dim, generator=g).to(device),
                  torch.zeros(batch, device=device), torch.ones(batch, device=device))
 
 
