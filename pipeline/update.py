@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value
+from torch.func import functional_call, vjp
 
 from pipeline.batch_renorm import DeferredStatistics
-from pipeline.precision import autocast
+from pipeline.precision import autocast, full_precision
 from pipeline.sac import Batch, SACAgent, actor_loss, alpha_loss, critic_loss
 
 
@@ -155,7 +155,8 @@ class SACUpdater:
         # exactly 1 otherwise). Under DDP the averaged gradient, and so its norm, then turns non-finite on every
         # rank: all ranks skip the step together even when only one rank's batch went bad, and their weights stay
         # identical.
-        self.backward(loss if self.on_device else loss * torch.where(torch.isfinite(loss), 1.0, torch.nan))
+        with full_precision(loss.device.type):  # backward outside autocast (_autocast)
+            self.backward(loss if self.on_device else loss * torch.where(torch.isfinite(loss), 1.0, torch.nan))
         norm = grad_norm(params, self.agent.cfg.grad_clip)
         if self.on_device:
             return norm, self._device_guarded_step(loss, norm, opt, params, what)
@@ -197,7 +198,10 @@ class SACUpdater:
 
     # ------------------------------------------------------------------ the two halves of an update
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        """The forward passes in the agent's precision; backward passes run outside it, as autocast asks."""
+        """The forward passes in the agent's precision. Backward passes leave autocast, whoever entered it (Lightning's
+        precision plugin runs the whole training step under it): under autocast a backward's matrix products run in
+        bf16 too, also those of the half the precision scope keeps in fp32 (the critic scope's actor then got
+        gradients twice as far from fp32's as with its backward in fp32)."""
         return autocast(self.agent.precision, self.agent.log_alpha.device)
 
     def _critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -227,7 +231,9 @@ class SACUpdater:
         if ok is not False and self._steps_alpha(info, q_weight):
             # alpha's loss reuses the actor sample's (detached) log-probabilities: no second rollout
             self.opt.alpha.zero_grad(set_to_none=self.mode != "cuda_graphs")
-            self.backward(alpha_loss(agent, info["log_prob"]))
+            loss_alpha = alpha_loss(agent, info["log_prob"])
+            with full_precision(loss_alpha.device.type):
+                self.backward(loss_alpha)
             if self.on_device:  # a skipped actor step skips alpha too
                 with torch.no_grad():
                     before = agent.log_alpha.detach().clone()
@@ -286,7 +292,7 @@ class SACUpdater:
 
 class _FullGraphSteps:
     """The critic and actor steps written so ``torch.compile(fullgraph=True)`` traces each whole: the same losses
-    (:mod:`pipeline.sac`), their gradients from ``torch.func.grad_and_value`` with the trained weights swapped in
+    (:mod:`pipeline.sac`), their gradients from ``torch.func.vjp`` with the trained weights swapped in
     (``functional_call``), and ``torch.optim.Adam``'s update written out on that optimizer's own state tensors, so
     checkpoints hold the same optimizer state as in every other mode. ``compile`` breaks each step into several
     graphs (at every backward, around every optimizer step); in one graph the default preset's update runs 1.63x
@@ -295,7 +301,7 @@ class _FullGraphSteps:
 
     The non-finite guard is the device guard of the other device modes: a bad step's gradients count as zero (Adam's
     moments still decay once) and its weights are restored. Batch renorm's running statistics, which a loss moves and
-    a transformed function may not write, leave ``grad_and_value`` as values (:class:`DeferredStatistics`) and are
+    a transformed function may not write, leave ``vjp`` as values (:class:`DeferredStatistics`) and are
     written after it: the numbers of writing them in place.
     """
 
@@ -314,8 +320,10 @@ class _FullGraphSteps:
                 _check_plain_adam(opt)
 
     def _grads(self, what: str, fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
-               *args: object) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
-        """Gradients of ``fn(agent, *args)``'s loss with respect to ``what``'s weights; the loss; its info."""
+               *args: object, precision: bool = True
+               ) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """Gradients of ``fn(agent, *args)``'s loss with respect to ``what``'s weights; the loss; its info. The loss
+        in the agent's precision (``precision``) or in fp32, as the eager mode computes it."""
         names = self.names[what]
         values = [self.losses.get_parameter(n).detach() for n in names]
 
@@ -324,7 +332,10 @@ class _FullGraphSteps:
                 value, info = functional_call(self.losses, dict(zip(names, weights)), (fn, *args))
                 return value, (info, self.statistics.moved())
 
-        grads, (value, (info, moved)) = grad_and_value(loss, has_aux=True)(values)
+        with self.updater._autocast() if precision else contextlib.nullcontext():
+            value, pullback, (info, moved) = vjp(loss, values, has_aux=True)
+        with full_precision(value.device.type):  # as SACUpdater._step's backward
+            (grads,) = pullback(torch.ones_like(value))
         self.statistics.write(moved)
         return grads, value, info
 
@@ -351,8 +362,7 @@ class _FullGraphSteps:
 
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         updater = self.updater
-        with updater._autocast():
-            grads, loss_q, info = self._grads("critic", critic_loss, batch)
+        grads, loss_q, info = self._grads("critic", critic_loss, batch)
         info["critic_grad_norm"], _ = self._apply("critic", updater.opt.critic, grads, loss_q)
         updater._polyak()
         return info
@@ -360,12 +370,11 @@ class _FullGraphSteps:
     def actor_step(self, batch: Batch, bc_weight: float, q_weight: float,
                    flow_weight: float) -> dict[str, torch.Tensor]:
         updater, agent = self.updater, self.agent
-        with updater._autocast():
-            grads, loss_pi, info = self._grads("actor", actor_loss, batch, bc_weight, q_weight, flow_weight)
+        grads, loss_pi, info = self._grads("actor", actor_loss, batch, bc_weight, q_weight, flow_weight)
         info["actor_grad_norm"], ok = self._apply("actor", updater.opt.actor, grads, loss_pi)
         if updater._steps_alpha(info, q_weight):
             # alpha's loss reuses the actor sample's (detached) log-probabilities; a skipped actor step skips it
-            grads, _, _ = self._grads("alpha", _with_info(alpha_loss), info["log_prob"])
+            grads, _, _ = self._grads("alpha", _with_info(alpha_loss), info["log_prob"], precision=False)
             self._adam("alpha", updater.opt.alpha, grads, ok)  # unclipped, as in the other modes
         info["alpha"] = agent.alpha.detach()
         return info

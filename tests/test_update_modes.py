@@ -176,6 +176,22 @@ def test_fullgraph_steps_compute_the_eager_update(kind: str) -> None:
 
 
 @pytest.mark.usefixtures("force_eager")
+@pytest.mark.parametrize("mode", ["eager", "compile_fullgraph"])
+@pytest.mark.parametrize("kind", ["gaussian", "flow_t"])
+def test_bf16_backward_leaves_lightnings_autocast(mode: str, kind: str) -> None:
+    """bf16 in the critic, the update inside Lightning's bf16 training-step context (its precision plugin runs the
+    whole step under autocast): the losses run under autocast, the backward passes outside it, so the actor (fp32
+    under this scope) gets the gradients of a plain eager update. With the backward under autocast the actor's
+    backward ran in bf16 and its first gradient norm already differed."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    bf16 = {"precision": "bf16-mixed", "precision_scope": "critic"}
+    with MixedPrecision("bf16-mixed", "cpu").train_step_context():
+        in_lightning = _updates(mode, kind, **bf16)
+    _assert_same_updates(_updates("eager", kind, **bf16), in_lightning, atol=1e-5)
+
+
+@pytest.mark.usefixtures("force_eager")
 def test_fullgraph_steps_compute_the_pretraining_objective() -> None:
     """The offline objective (flow matching, BC and Q terms together) through torch.func as through backward."""
     weights = {"bc_weight": 2.0, "q_weight": 1.0, "flow_weight": 1.0}
