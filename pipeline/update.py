@@ -103,9 +103,8 @@ class SACUpdater:
             # the steps run outside Lightning's wrappers: graphs and compiled code call the torch optimizers directly
             self.opt = Optimizers(_unwrap(optimizers.actor), _unwrap(optimizers.critic),
                                   _unwrap(optimizers.alpha) if optimizers.alpha is not None else None)
-            self.backward = lambda loss: loss.backward()
-        else:
-            self.backward = backward or (lambda loss: loss.backward())
+            backward = None
+        self.backward = _outside_autocast(backward or (lambda loss: loss.backward()))
         self.updates = 0  # critic updates so far
         self._skipped = torch.zeros((), dtype=torch.long, device=device if self.on_device else "cpu")
         # per optimizer: one's success must not hide the other's failures
@@ -155,8 +154,7 @@ class SACUpdater:
         # exactly 1 otherwise). Under DDP the averaged gradient, and so its norm, then turns non-finite on every
         # rank: all ranks skip the step together even when only one rank's batch went bad, and their weights stay
         # identical.
-        with full_precision(loss.device.type):  # backward outside autocast (_autocast)
-            self.backward(loss if self.on_device else loss * torch.where(torch.isfinite(loss), 1.0, torch.nan))
+        self.backward(loss if self.on_device else loss * torch.where(torch.isfinite(loss), 1.0, torch.nan))
         norm = grad_norm(params, self.agent.cfg.grad_clip)
         if self.on_device:
             return norm, self._device_guarded_step(loss, norm, opt, params, what)
@@ -231,9 +229,7 @@ class SACUpdater:
         if ok is not False and self._steps_alpha(info, q_weight):
             # alpha's loss reuses the actor sample's (detached) log-probabilities: no second rollout
             self.opt.alpha.zero_grad(set_to_none=self.mode != "cuda_graphs")
-            loss_alpha = alpha_loss(agent, info["log_prob"])
-            with full_precision(loss_alpha.device.type):
-                self.backward(loss_alpha)
+            self.backward(alpha_loss(agent, info["log_prob"]))
             if self.on_device:  # a skipped actor step skips alpha too
                 with torch.no_grad():
                     before = agent.log_alpha.detach().clone()
@@ -290,6 +286,16 @@ class SACUpdater:
         self._graphs.clear()  # the optimizers' state tensors were replaced: graphs must be captured again
 
 
+def _outside_autocast(backward: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    """``backward`` run outside autocast, whoever entered it (see :meth:`SACUpdater._autocast`)."""
+
+    def run(loss: torch.Tensor) -> None:
+        with full_precision(loss.device.type):
+            backward(loss)
+
+    return run
+
+
 class _FullGraphSteps:
     """The critic and actor steps written so ``torch.compile(fullgraph=True)`` traces each whole: the same losses
     (:mod:`pipeline.sac`), their gradients from ``torch.func.vjp`` with the trained weights swapped in
@@ -334,7 +340,7 @@ class _FullGraphSteps:
 
         with self.updater._autocast() if precision else contextlib.nullcontext():
             value, pullback, (info, moved) = vjp(loss, values, has_aux=True)
-        with full_precision(value.device.type):  # as SACUpdater._step's backward
+        with full_precision(value.device.type):  # as the other modes' backward (_outside_autocast)
             (grads,) = pullback(torch.ones_like(value))
         self.statistics.write(moved)
         return grads, value, info
