@@ -110,7 +110,7 @@ def test_multi_step_log_prob_is_sum_of_recomputed_normal_terms(kind: str, noise:
             torch.testing.assert_close(r.means[i], mean)
             torch.testing.assert_close(r.stds[i], sigma)
             expected += Normal(mean, sigma).log_prob(r.path[i + 1]).sum(-1)
-        expected -= torch.log(1 - torch.tanh(r.path[-1]) ** 2 + 1e-6).sum(-1)
+        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()  # float64: no cancellation
     assert r.path.shape == (5, 32, ACT) and r.means.shape == (4, 32, ACT)
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
 
@@ -127,12 +127,28 @@ def test_tanh_jacobian_exact_and_floored() -> None:
     assert floored.min() >= math.log(1e-6) - 1e-3 and exact.min() < -55
     (grad_exact,) = torch.autograd.grad(exact.sum(), u)
     (grad_floored,) = torch.autograd.grad(floored.sum(), u)
-    far = u.detach().abs().squeeze(-1) > 10
+    far = u.detach().abs().squeeze(-1) > 12  # the floored slope is 2 sech²u / (sech²u + 1e-6): 3e-4 at |u| = 12
     # d/du log sech² u = -2 tanh u: the exact term keeps charging for larger |u|; the floored one does not
     torch.testing.assert_close(grad_exact[far].abs(), torch.full_like(grad_exact[far], 2.0))
     assert grad_floored[far].abs().max() < 1e-3
     with pytest.raises(ValueError, match="tanh_jacobian"):
         tanh_log_det_jacobian(u, "unfloored")
+
+
+@pytest.mark.parametrize("mode", ["floored", "exact"])
+def test_tanh_jacobian_keeps_fp32_precision_where_tanh_saturates(mode: str) -> None:
+    """fp32 value and gradient within rounding of a float64 reference at every |u| (1 − tanh² cancels past |u| ~ 4)."""
+    u = torch.linspace(-30.0, 30.0, 601, dtype=torch.float64).unsqueeze(-1).requires_grad_(True)  # [B, 1]
+    reference = -2.0 * torch.log(torch.cosh(u))  # log sech² u, no cancellation in float64
+    if mode == "floored":
+        reference = torch.log(torch.exp(reference) + 1e-6)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), u)
+    u32 = u.detach().float().requires_grad_(True)
+    term = tanh_log_det_jacobian(u32, mode)
+    (grad,) = torch.autograd.grad(term.sum(), u32)
+    assert term.dtype == grad.dtype == torch.float32
+    torch.testing.assert_close(term.double(), reference.detach().squeeze(-1), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(grad.double(), reference_grad, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["gaussian", *FLOW_KINDS])
@@ -166,7 +182,7 @@ def test_paper_code_log_prob_matches_its_formula(kind: str, noise: str) -> None:
             # a_{i+1} = a_i + Δt (v_i + σ_i ε_i)  =>  ε_i = (a_{i+1} − a_i − Δt v_i) / (Δt σ_i)
             eps = (r.path[i + 1] - r.path[i] - dt * v) / (dt * sigma)
             expected += Normal(0.0, 1.0).log_prob(eps).sum(-1)
-        expected -= torch.log(1 - torch.tanh(r.path[-1]) ** 2 + 1e-6).sum(-1)
+        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()  # float64: no cancellation
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(r.stds, dt * r.sigmas)
 
