@@ -2,8 +2,8 @@
 
     python bench/compiled_actor_grads.py RUN PRESET [--set KEY=VALUE ...] [--naive-tanh-term]
 
-``RUN`` is a run folder holding ``finetune/`` (``run_preset``'s output), ``PRESET`` the preset it ran (with the same
-``--set`` overrides, so the agent builds with its sizes). One replay batch of ``sac.batch_size`` rows (seed 0), the
+``RUN`` is a run folder holding ``finetune/`` (``run_preset``'s output), ``PRESET`` the preset it ran (with the
+same ``--set`` overrides, so the agent builds with its sizes). One replay batch of ``sac.batch_size`` rows (seed 0), the
 same rollout noise in both (inductor set to torch's random numbers): prints ``‖g_compiled − g_eager‖ / ‖g_eager‖``
 over all actor parameters, both mean log-probabilities, and the fraction of action dimensions with ``|u| > 4``
 (where ``1 − tanh(u)²`` cancels in fp32). ``--naive-tanh-term`` computes the floored squashing term as the public
@@ -24,6 +24,8 @@ from pipeline.config import load_config, overrides_to_dict
 from pipeline.runtime import cpu_description
 from pipeline.sac import Batch, actor_loss, agent_from_state
 
+library_tanh_term = flow.tanh_log_det_jacobian
+
 
 def naive_tanh_term(pre_tanh: torch.Tensor, mode: str = "floored") -> torch.Tensor:
     """The floored term as ``log(1 − tanh(u)² + 1e-6)`` (the exact mode unchanged), ``[B, A] -> [B]``."""
@@ -31,8 +33,6 @@ def naive_tanh_term(pre_tanh: torch.Tensor, mode: str = "floored") -> torch.Tens
         return library_tanh_term(pre_tanh, mode)
     return torch.log(1.0 - torch.tanh(pre_tanh).square() + flow.TANH_JACOBIAN_EPS).sum(dim=-1)
 
-
-library_tanh_term = flow.tanh_log_det_jacobian
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ def test_multi_step_log_prob_is_sum_of_recomputed_normal_terms(kind: str, noise:
             torch.testing.assert_close(r.means[i], mean)
             torch.testing.assert_close(r.stds[i], sigma)
             expected += Normal(mean, sigma).log_prob(r.path[i + 1]).sum(-1)
-        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()  # float64: no cancellation
+        # in float64: the fp32 formula cancels where tanh saturates
+        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()
     assert r.path.shape == (5, 32, ACT) and r.means.shape == (4, 32, ACT)
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
 
@@ -137,7 +138,7 @@ def test_tanh_jacobian_exact_and_floored() -> None:
 
 @pytest.mark.parametrize("mode", ["floored", "exact"])
 def test_tanh_jacobian_keeps_fp32_precision_where_tanh_saturates(mode: str) -> None:
-    """fp32 value and gradient within rounding of a float64 reference at every |u| (1 − tanh² cancels past |u| ~ 4)."""
+    """fp32 value and gradient within rounding of a float64 reference at every |u| (1 − tanh² cancels past ~4)."""
     u = torch.linspace(-30.0, 30.0, 601, dtype=torch.float64).unsqueeze(-1).requires_grad_(True)  # [B, 1]
     reference = -2.0 * torch.log(torch.cosh(u))  # log sech² u, no cancellation in float64
     if mode == "floored":
@@ -182,7 +183,8 @@ def test_paper_code_log_prob_matches_its_formula(kind: str, noise: str) -> None:
             # a_{i+1} = a_i + Δt (v_i + σ_i ε_i)  =>  ε_i = (a_{i+1} − a_i − Δt v_i) / (Δt σ_i)
             eps = (r.path[i + 1] - r.path[i] - dt * v) / (dt * sigma)
             expected += Normal(0.0, 1.0).log_prob(eps).sum(-1)
-        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()  # float64: no cancellation
+        # in float64: the fp32 formula cancels where tanh saturates
+        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(r.stds, dt * r.sigmas)
 

@@ -79,8 +79,8 @@ def tanh_log_det_jacobian(pre_tanh: Tensor, mode: str = "floored") -> Tensor:
     if mode not in TANH_JACOBIAN_MODES:
         raise ValueError(f"tanh_jacobian must be one of {TANH_JACOBIAN_MODES}, got {mode!r}")
     # log(1 − tanh²) as 2(log 2 − u − softplus(−2u)): written as 1 − tanh(u)², it cancels in fp32 once |u| > ~4
-    # (the floored term then read 0.05 off and its gradient up to 2x off at |u| = 9, and rounded differently eager
-    # and compiled)
+    # (the floored term then read 0.05 off and its gradient up to 2x off at |u| = 9, and rounded differently
+    # eager and compiled)
     log_sech2 = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
     if mode == "floored":
         # log(exp(x) + 1e-6), the public code's function, without forming exp(x)
