@@ -34,7 +34,6 @@ def naive_tanh_term(pre_tanh: torch.Tensor, mode: str = "floored") -> torch.Tens
     return torch.log(1.0 - torch.tanh(pre_tanh).square() + flow.TANH_JACOBIAN_EPS).sum(dim=-1)
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")

@@ -62,6 +62,12 @@ def velocity_at(policy: FlowPolicy, obs: torch.Tensor, a: torch.Tensor, i: int):
     return policy.velocity(policy.velocity.encode(obs), a, t)
 
 
+def floored_tanh_term_float64(pre_tanh: torch.Tensor) -> torch.Tensor:
+    """The public code's ``log(1 − tanh(u)² + 1e-6)`` summed over actions, ``[B, A] -> [B]``, formed in float64
+    (in fp32 the formula cancels where tanh saturates) and returned in fp32: an independent reference."""
+    return torch.log(1 - torch.tanh(pre_tanh.double()) ** 2 + 1e-6).sum(-1).float()
+
+
 def log_sigma_bias(policy: FlowPolicy) -> torch.Tensor:
     """The output bias of the log σ head (it influences σ and nothing else)."""
     vel = policy.velocity
@@ -110,8 +116,7 @@ def test_multi_step_log_prob_is_sum_of_recomputed_normal_terms(kind: str, noise:
             torch.testing.assert_close(r.means[i], mean)
             torch.testing.assert_close(r.stds[i], sigma)
             expected += Normal(mean, sigma).log_prob(r.path[i + 1]).sum(-1)
-        # in float64: the fp32 formula cancels where tanh saturates
-        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()
+        expected -= floored_tanh_term_float64(r.path[-1])
     assert r.path.shape == (5, 32, ACT) and r.means.shape == (4, 32, ACT)
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
 
@@ -183,8 +188,7 @@ def test_paper_code_log_prob_matches_its_formula(kind: str, noise: str) -> None:
             # a_{i+1} = a_i + Δt (v_i + σ_i ε_i)  =>  ε_i = (a_{i+1} − a_i − Δt v_i) / (Δt σ_i)
             eps = (r.path[i + 1] - r.path[i] - dt * v) / (dt * sigma)
             expected += Normal(0.0, 1.0).log_prob(eps).sum(-1)
-        # in float64: the fp32 formula cancels where tanh saturates
-        expected -= torch.log(1 - torch.tanh(r.path[-1].double()) ** 2 + 1e-6).sum(-1).float()
+        expected -= floored_tanh_term_float64(r.path[-1])
     torch.testing.assert_close(r.log_prob, expected, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(r.stds, dt * r.sigmas)
 
