@@ -368,6 +368,18 @@ def test_auto_update_mode_runs_eager_on_a_cpu_and_in_data_parallel_runs() -> Non
     assert as_run(load_config()).sac.update_mode == "auto"
 
 
+@pytest.mark.parametrize("kind", ["flow_t", "gaussian"])
+def test_compiled_acting_takes_a_new_batch_size(kind: str) -> None:
+    # acting on one env, then evaluating on five: the second size makes dynamo trace the batch as symbolic, and the
+    # rollout's noise must be drawn for a symbolic shape (torch.randn's generator overload takes concrete sizes only)
+    torch.compiler.reset()
+    agent = tiny_agent({"kind": kind, "noise": "learned"}, act_mode="compile")
+    for batch in (1, 5, 3):
+        for deterministic in (True, False):
+            action = agent.act(torch.randn(batch, 3), deterministic)
+            assert action.shape == (batch, 2) and bool(torch.isfinite(action).all())
+
+
 @pytest.mark.usefixtures("inductor_eager_random")
 def test_compiled_acting_matches_eager() -> None:
     torch.compiler.reset()

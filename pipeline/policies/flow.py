@@ -30,6 +30,17 @@ _LOG_TANH_JACOBIAN_EPS = math.log(TANH_JACOBIAN_EPS)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``N(0, I)`` noise of ``shape`` with ``like``'s dtype and device, from ``generator`` when one is given.
+
+    ``torch.randn(..., generator=None)`` takes ATen's generator overload, which accepts concrete sizes only: a
+    compiled rollout whose batch size has varied (acting on one env, then evaluating on five) would fail to trace.
+    """
+    if generator is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
+    return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
+
+
 class VelocityNet(Protocol):
     """What :class:`FlowPolicy` needs from a velocity network (see ``velocity.py``)."""
 
@@ -226,7 +237,7 @@ class FlowPolicy(nn.Module):
         elif deterministic:
             eps = torch.zeros(shape, dtype=obs.dtype, device=obs.device)
         else:
-            eps = torch.randn(shape, dtype=obs.dtype, device=obs.device, generator=generator)
+            eps = standard_normal(shape, obs, generator)
 
         context = self.velocity.encode(self.obs_norm(obs))  # once per rollout, reused at every step
         a = eps[0]
@@ -317,7 +328,7 @@ class FlowPolicy(nn.Module):
         if actions.shape != (obs.shape[0], self.act_dim):
             raise ValueError(f"actions must have shape [{obs.shape[0]}, {self.act_dim}], got {tuple(actions.shape)}")
         x1 = self.bc_target_of(actions)
-        a0 = torch.randn(x1.shape, dtype=x1.dtype, device=x1.device, generator=generator)
+        a0 = standard_normal(x1.shape, x1, generator)
         t = torch.rand((x1.shape[0], 1), dtype=x1.dtype, device=x1.device, generator=generator)
         v, _ = self.velocity(self.velocity.encode(self.obs_norm(obs)), (1.0 - t) * a0 + t * x1, t)
         err = (v - (x1 - a0)).square()

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from pipeline.precision import FP32Linear, fp32_when_kept
 from pipeline.batch_renorm import ActorBatchRenorm
-from pipeline.policies.flow import atanh_target, tanh_log_det_jacobian
+from pipeline.policies.flow import atanh_target, standard_normal, tanh_log_det_jacobian
 from pipeline.policies.kinds import GAUSSIAN_BATCH_RENORM_MODES, TANH_JACOBIAN_MODES
 from pipeline.policies.velocity import mlp
 
@@ -91,7 +91,7 @@ class GaussianPolicy(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`sample` plus ``log_sigma [B]``, the mean learned ``log σ(s)`` over action dims (detached)."""
         mean, log_std = self.distribution(obs)
-        eps = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+        eps = standard_normal(mean.shape, mean, generator)
         u = mean + log_std.exp() * eps
         return torch.tanh(u), self._log_prob(u, mean, log_std), log_std.detach().mean(dim=-1)
 
