@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pipeline.checkpoint import load_checkpoint, run_checkpoint
 from pipeline.config import load_config
-from pipeline.policies.flow import FlowPolicy, FlowRollout
+from pipeline.policies.flow import FlowPolicy, FlowRollout, standard_normal
 from pipeline.sac import SACAgent, agent_from_state
 
 
@@ -29,8 +29,7 @@ def _noise_leaf_rollout(agent: SACAgent, obs: Tensor, generator: torch.Generator
     if not isinstance(policy, FlowPolicy):
         raise ValueError(f"the {what} needs a flow policy, got {type(policy).__name__}")
     obs = agent.normalize(obs)
-    eps = torch.randn((policy.steps + 1, obs.shape[0], policy.act_dim), dtype=obs.dtype, device=obs.device,
-                      generator=generator).requires_grad_(True)
+    eps = standard_normal((policy.steps + 1, obs.shape[0], policy.act_dim), obs, generator).requires_grad_(True)
     was_training = agent.critic.training
     agent.critic.eval()  # a CrossQ critic must not move its running statistics
     try:

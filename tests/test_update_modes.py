@@ -380,6 +380,15 @@ def test_compiled_acting_takes_a_new_batch_size(kind: str) -> None:
             assert action.shape == (batch, 2) and bool(torch.isfinite(action).all())
 
 
+def test_compiled_flow_matching_loss_takes_a_new_batch_size() -> None:
+    # the loss draws a_0 and t: both must be drawn for a symbolic batch, as the rollout's noise
+    torch.compiler.reset()
+    agent = tiny_agent({"kind": "flow_t"})
+    loss = torch.compile(agent.actor.bc_loss)
+    for batch in (4, 6, 5):
+        assert bool(torch.isfinite(loss(torch.randn(batch, 3), torch.rand(batch, 2) * 1.8 - 0.9)))
+
+
 @pytest.mark.usefixtures("inductor_eager_random")
 def test_compiled_acting_matches_eager() -> None:
     torch.compiler.reset()

@@ -10,6 +10,7 @@ path is a product of Gaussians (used by SAC in place of the marginal density of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -31,14 +32,22 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """``N(0, I)`` noise of ``shape`` with ``like``'s dtype and device, from ``generator`` when one is given.
+    """``N(0, I)`` noise of ``shape`` with ``like``'s dtype and device, from ``generator`` when one is given."""
+    return _draw(torch.randn, shape, like, generator)
 
-    ``torch.randn(..., generator=None)`` takes ATen's generator overload, which accepts concrete sizes only: a
-    compiled rollout whose batch size has varied (acting on one env, then evaluating on five) would fail to trace.
-    """
+
+def uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """``U[0, 1)`` samples of ``shape`` with ``like``'s dtype and device, from ``generator`` when one is given."""
+    return _draw(torch.rand, shape, like, generator)
+
+
+def _draw(sampler: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    # torch.randn / torch.rand with generator=None take ATen's generator overload, which accepts concrete sizes
+    # only: compiled code whose batch size has varied (acting on one env, then evaluating on five) would fail to
+    # trace. So the keyword is passed only with a generator.
     if generator is None:
-        return torch.randn(shape, dtype=like.dtype, device=like.device)
-    return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
+        return sampler(shape, dtype=like.dtype, device=like.device)
+    return sampler(shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
 class VelocityNet(Protocol):
@@ -329,7 +338,7 @@ class FlowPolicy(nn.Module):
             raise ValueError(f"actions must have shape [{obs.shape[0]}, {self.act_dim}], got {tuple(actions.shape)}")
         x1 = self.bc_target_of(actions)
         a0 = standard_normal(x1.shape, x1, generator)
-        t = torch.rand((x1.shape[0], 1), dtype=x1.dtype, device=x1.device, generator=generator)
+        t = uniform((x1.shape[0], 1), x1, generator)
         v, _ = self.velocity(self.velocity.encode(self.obs_norm(obs)), (1.0 - t) * a0 + t * x1, t)
         err = (v - (x1 - a0)).square()
         return (err if mask is None else err * mask).mean()
