@@ -22,7 +22,8 @@ TOY = [
 
 
 def test_paper_preset_acts_compiled_on_one_env_then_evaluates_on_several(tmp_path: Path) -> None:
-    # Flow-T's preset; the Flow-G one compiles acting the same way (both kinds: tests/test_update_modes.py)
+    # Flow-T's preset; the Flow-G one acts through the same compiled SACAgent.act (Flow-T and the Gaussian at varied
+    # batch sizes: tests/test_update_modes.py)
     torch.compiler.reset()
     cfg = load_config("hopper_scratch_flow_t_paper", TOY)
     assert cfg.sac.act_mode == "compile"

@@ -41,7 +41,8 @@ def uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | N
     return _draw(torch.rand, shape, like, generator)
 
 
-def _draw(sampler: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def _draw(sampler: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor,
+          generator: torch.Generator | None) -> Tensor:
     # torch.randn / torch.rand with generator=None take ATen's generator overload, which accepts concrete sizes
     # only: compiled code whose batch size has varied (acting on one env, then evaluating on five) would fail to
     # trace. So the keyword is passed only with a generator.
